@@ -1,0 +1,121 @@
+"""Checks that need more than a type: names, URLs, plugins, files.
+
+These run after every key has its type, so each message can be about meaning: a node
+name that would escape its MQTT topic, a collector nobody registered, a key file that
+cannot be read. Each problem is one line naming where the key came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from telemetryd import registry
+from telemetryd.config import AgentConfig, AggregatorConfig, Config, TlsConfig
+from telemetryd.names import name_problem
+from telemetryd.secrets import secret_path, unreadable
+from telemetryd.urls import UrlError, parse_broker_url, parse_listen, parse_sink_url
+
+Where = Callable[[str], str]
+
+
+def _broker(url: str, tls: TlsConfig, password_file: str, key: str, where: Where) -> list[str]:
+    problems: list[str] = []
+    try:
+        broker = parse_broker_url(url)
+    except UrlError as exc:
+        return [f"{where(key + '.broker')}: {key}.broker: {exc}"]
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = getattr(tls, name)
+        dotted = f"{key}.tls.{name}"
+        if value and not broker.tls:
+            problems.append(f"{where(dotted)}: {dotted}: set, but broker {url!r} is not mqtts://")
+        elif value and (reason := unreadable(value)):
+            problems.append(f"{where(dotted)}: {dotted}: {reason}")
+    if bool(tls.cert_file) != bool(tls.key_file):
+        dotted = f"{key}.tls.{'key_file' if tls.cert_file else 'cert_file'}"
+        problems.append(f"{where(dotted)}: {dotted}: cert_file and key_file go together")
+    if password_file and (reason := unreadable(password_file)):
+        problems.append(f"{where(key + '.password_file')}: {key}.password_file: {reason}")
+    return problems
+
+
+def _absolute(value: str, dotted: str, where: Where) -> list[str]:
+    if value and not Path(value).is_absolute():
+        return [f"{where(dotted)}: {dotted}: expected an absolute path (got {value!r})"]
+    return []
+
+
+def _agent(cfg: AgentConfig, where: Where) -> list[str]:
+    problems: list[str] = []
+    for key in ("node", "cluster"):
+        value = getattr(cfg, key)
+        if (value or key == "cluster") and (problem := name_problem(value)):
+            problems.append(f"{where('agent.' + key)}: agent.{key}: {problem}")
+    backends = registry.gpu_backend_names()
+    if cfg.gpu_backend not in ("auto", "none", *backends):
+        choices = ", ".join(repr(b) for b in ("auto", "none", *backends))
+        problems.append(
+            f"{where('agent.gpu_backend')}: agent.gpu_backend: expected one of {choices} "
+            f"(got {cfg.gpu_backend!r})"
+        )
+    known = registry.collector_names()
+    seen: set[str] = set()
+    for name in cfg.collectors:
+        if name not in known:
+            problems.append(
+                f"{where('agent.collectors')}: agent.collectors: no collector named {name!r}; "
+                f"registered: {', '.join(known)}"
+            )
+        elif name in seen:
+            problems.append(f"{where('agent.collectors')}: agent.collectors: {name!r} listed twice")
+        seen.add(name)
+    problems += _broker(cfg.broker, cfg.tls, cfg.password_file, "agent", where)
+    problems += _absolute(cfg.state_dir, "agent.state_dir", where)
+    problems += _absolute(cfg.sysfs, "agent.sysfs", where)
+    for mount in cfg.host.mounts:
+        problems += _absolute(mount, "agent.host.mounts", where)
+    if cfg.sim.scenario:
+        from collectors.scenario import ScenarioError, load_scenario
+
+        try:
+            load_scenario(cfg.sim.scenario)
+        except ScenarioError as exc:
+            problems.append(f"{where('agent.sim.scenario')}: agent.sim.scenario: {exc}")
+    from collectors.cards import CardError, card_path
+
+    try:
+        card_path(cfg.sim.card)
+    except CardError as exc:
+        problems.append(f"{where('agent.sim.card')}: agent.sim.card: {exc}")
+    return problems
+
+
+def _aggregator(cfg: AggregatorConfig, where: Where) -> list[str]:
+    problems = _broker(cfg.broker, cfg.tls, cfg.password_file, "aggregator", where)
+    for cluster in cfg.clusters:
+        if cluster != "+" and (problem := name_problem(cluster)):
+            problems.append(f"{where('aggregator.clusters')}: aggregator.clusters: {problem}")
+    for sink in cfg.sinks:
+        try:
+            parse_sink_url(sink)
+        except UrlError as exc:
+            problems.append(f"{where('aggregator.sinks')}: aggregator.sinks: {exc}")
+    if cfg.listen:
+        try:
+            parse_listen(cfg.listen)
+        except UrlError as exc:
+            problems.append(f"{where('aggregator.listen')}: aggregator.listen: {exc}")
+    problems += _absolute(cfg.state_dir, "aggregator.state_dir", where)
+    return problems
+
+
+def semantic_problems(cfg: Config, where: Where, env: Mapping[str, str]) -> list[str]:
+    """Every meaning-level problem of a typed configuration, one line each."""
+    problems = _agent(cfg.agent, where) + _aggregator(cfg.aggregator, where)
+    for role in ("agent", "aggregator"):
+        section = getattr(cfg, role)
+        path = secret_path(section.password_file, "mqtt-password", env)
+        if path and not section.password_file and (reason := unreadable(path)):
+            problems.append(f"credential mqtt-password: {reason}")
+    return problems

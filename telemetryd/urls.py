@@ -1,0 +1,138 @@
+"""Broker and sink URLs, parsed once with errors that say what form was expected.
+
+Secrets never travel in URLs (they end up in shell history, ``ps`` and logs): a password
+or token in a URL is refused with a pointer to the ``*_file`` keys instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+BROKER_FORM = "mqtt://[user@]host[:port] or mqtts://[user@]host[:port]"
+SINK_FORMS = (
+    "sqlite:///ABSOLUTE/PATH, influxdb2://host:8086?org=O&bucket=B "
+    "(influxdb2s:// or ?tls=1 for https), influxdb://host:8086/DB[?rp=RP]"
+)
+
+
+class UrlError(ValueError):
+    """A URL that is not of the expected form; the message says which form."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUrl:
+    """Where an MQTT client connects."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+
+    def __str__(self) -> str:
+        user = f"{self.username}@" if self.username else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SinkUrl:
+    """Where the aggregator writes: a store kind and its location."""
+
+    kind: Literal["sqlite", "influxdb2", "influxdb"]
+    path: str = ""
+    host: str = ""
+    port: int = 0
+    tls: bool = False
+    org: str = ""
+    bucket: str = ""
+    database: str = ""
+    retention_policy: str = ""
+    username: str | None = None
+
+
+def _port(parts: object, url: str, default: int) -> int:
+    try:
+        port = parts.port  # type: ignore[attr-defined]
+    except ValueError:
+        raise UrlError(f"{url!r}: the port is not a number from 1 to 65535") from None
+    return int(port) if port else default
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """Parse ``mqtt://`` / ``mqtts://`` URLs; raise UrlError naming the expected form."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise UrlError(f"{url!r}: scheme must be mqtt or mqtts; expected {BROKER_FORM}")
+    if parts.password is not None:
+        raise UrlError(
+            f"{url!r}: contains a password; secrets never go in URLs, use password_file "
+            "or the systemd credential mqtt-password"
+        )
+    if not parts.hostname:
+        raise UrlError(f"{url!r}: no host; expected {BROKER_FORM}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise UrlError(f"{url!r}: unexpected path or query; expected {BROKER_FORM}")
+    tls = parts.scheme == "mqtts"
+    return BrokerUrl(
+        host=parts.hostname,
+        port=_port(parts, url, 8883 if tls else 1883),
+        tls=tls,
+        username=parts.username or None,
+    )
+
+
+def parse_sink_url(url: str) -> SinkUrl:
+    """Parse a sink URL (sqlite, influxdb2, influxdb 1.x); raise UrlError naming the forms."""
+    parts = urlsplit(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    if parts.password is not None or "token" in query or "password" in query:
+        raise UrlError(
+            f"{url!r}: contains a secret; secrets never go in URLs, use the sink's token or "
+            "password file, or a systemd credential"
+        )
+    if parts.scheme == "sqlite":
+        if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
+            raise UrlError(f"{url!r}: expected sqlite:///ABSOLUTE/PATH (three slashes)")
+        return SinkUrl(kind="sqlite", path=parts.path)
+    if parts.scheme in ("influxdb2", "influxdb2s"):
+        if not parts.hostname:
+            raise UrlError(f"{url!r}: no host; expected {SINK_FORMS}")
+        missing = [k for k in ("org", "bucket") if not query.get(k)]
+        if missing:
+            raise UrlError(f"{url!r}: missing {' and '.join(missing)}; expected ?org=O&bucket=B")
+        tls = parts.scheme == "influxdb2s" or query.get("tls") in ("1", "true")
+        return SinkUrl(
+            kind="influxdb2",
+            host=parts.hostname,
+            port=_port(parts, url, 8086),
+            tls=tls,
+            org=query["org"],
+            bucket=query["bucket"],
+        )
+    if parts.scheme in ("influxdb", "influxdbs"):
+        database = parts.path.strip("/")
+        if not parts.hostname or not database or "/" in database:
+            raise UrlError(f"{url!r}: expected influxdb://host:8086/DB[?rp=RP]")
+        return SinkUrl(
+            kind="influxdb",
+            host=parts.hostname,
+            port=_port(parts, url, 8086),
+            tls=parts.scheme == "influxdbs" or query.get("tls") in ("1", "true"),
+            database=database,
+            retention_policy=query.get("rp", ""),
+            username=parts.username or None,
+        )
+    raise UrlError(f"{url!r}: unknown sink scheme {parts.scheme!r}; expected {SINK_FORMS}")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[::1]:9400`` for IPv6); raise UrlError naming the form."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UrlError(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:9400 or [::]:9400")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        raise UrlError(f"{value!r}: no host; expected HOST:PORT, e.g. 0.0.0.0:9400")
+    return host, int(port)
