@@ -53,6 +53,7 @@ class GpuSample:
     gpus: list[Gpu] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     duration_s: float = 0.0
+    events_dropped: int = 0  # since start: events lost to a full queue (an event storm)
 
 
 class GpuSource(Protocol):
@@ -66,6 +67,10 @@ class GpuSource(Protocol):
 
     async def sample(self) -> GpuSample:
         """Read every GPU; a GPU that fails or hangs is reported with its error."""
+        ...
+
+    def notes(self) -> dict[str, str]:
+        """What this source could not set up at open (reported once, as absent)."""
         ...
 
     def close(self) -> None:

@@ -110,6 +110,7 @@ class FakeNvml:
         self.system: dict[str, Any] = recording.get("system", {})
         self.devices: list[dict[str, Any]] = recording["devices"]
         self.calls: Counter[str] = Counter()
+        self.unrecorded: set[str] = set()  # keys asked for that the recording lacks
         self.initialised = 0
         self._handles = [FakeHandle(i) for i in range(len(self.devices))]
         self._mig_handles: dict[tuple[int, int], FakeHandle] = {}
@@ -165,6 +166,7 @@ class FakeNvml:
         """The recorded answer to ``key`` (a subclass animates it); raises NVMLError."""
         table = self.devices[dev] if mig is None else self.devices[dev]["mig"][mig]
         if key not in table:
+            self.unrecorded.add(key)
             raise NVMLError(ERROR_CODES["NVML_ERROR_NOT_SUPPORTED"])
         value = table[key]
         if isinstance(value, dict) and set(value) == {"error"}:

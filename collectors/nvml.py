@@ -170,7 +170,19 @@ class NvmlBackend:
         gpus = list(await asyncio.gather(*(self._read(d) for d in self._devices)))
         events = self._events.drain() if self._events is not None else []
         events += self._transitions(gpus)
-        return GpuSample(gpus=gpus, events=events, duration_s=time.monotonic() - started)
+        return GpuSample(
+            gpus=gpus,
+            events=events,
+            duration_s=time.monotonic() - started,
+            events_dropped=self._events.dropped if self._events is not None else 0,
+        )
+
+    def notes(self) -> dict[str, str]:
+        """GPUs whose XID/ECC events cannot be watched, with the reason."""
+        if not self.unsupported_events:
+            return {}
+        detail = "; ".join(f"GPU {i}: {why}" for i, why in sorted(self.unsupported_events.items()))
+        return {"gpu_events": detail}
 
     def _read_once(self, device: _Device) -> Gpu:
         if not device.ready:
@@ -205,6 +217,8 @@ class NvmlBackend:
         now = self._clock()
         for device, gpu in zip(self._devices, gpus, strict=True):
             code = gpu.error.code if gpu.error else None
+            if code == "hung":  # still the same stuck call that timed out: one incident
+                code = "timeout"
             if code == device.last_error:
                 continue
             if code is not None and gpu.error is not None:

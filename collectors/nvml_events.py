@@ -1,6 +1,6 @@
 """XIDs and other critical GPU events from an NVML event set, each delivered once.
 
-A daemon thread blocks in ``nvmlEventSetWait`` (half a second at a time, so it can stop)
+A daemon thread blocks in ``nvmlEventSetWait`` (a quarter second at a time, so it can stop)
 and queues each event with its meaning and recommended action from the XID table. The
 sampler drains the queue into the next report: an XID is an event in one report, never a
 sticky gauge that needs a restart to clear.
@@ -19,17 +19,30 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from collectors.nvml_read import RECOVERY_ACTIONS
 from telemetryd.model import Event
 from telemetryd.xid import describe
 
 log = logging.getLogger(__name__)
 
 XID, SBE, DBE = 0x8, 0x1, 0x2
-REMAP, REMAP_FAILURE, UNAVAILABLE, RECOVERY = 0x400, 0x800, 0x4000, 0x8000
-WANTED = XID | SBE | DBE | REMAP | REMAP_FAILURE | UNAVAILABLE | RECOVERY
+REMAP, REMAP_FAILURE, RECOVERY = 0x400, 0x800, 0x8000
+# GPU-unavailable is left out: reads failing with GPU_IS_LOST already raise one gpu_lost
+# event, and two for one incident is a duplicate page.
+WANTED = XID | SBE | DBE | REMAP | REMAP_FAILURE | RECOVERY
 ERROR_TIMEOUT = 10
 UINT_MAX = 0xFFFFFFFF
-_QUEUE_LIMIT = 10_000  # an event storm must not grow memory without bound
+WAIT_MS = 250  # how long a stop may take; four wake-ups a second cost nothing
+_QUEUE_LIMIT = 10_000
+_RECOVERY_ADVICE = {
+    "none": "Nothing to do: the GPU no longer needs recovery.",
+    "gpu_reset": "Drain the GPU, stop its processes and reset it (nvidia-smi -r).",
+    "node_reboot": "Drain the node and reboot it.",
+    "drain_p2p": "Stop peer-to-peer (NVLink) work on this GPU.",
+    "drain_and_reset": "Drain the GPU, then reset it once it is idle.",
+    "bus_reset": "Drain the GPU and reset its PCIe bus (or reboot the node).",
+    "system_reboot": "Drain the node and reboot it.",
+}  # an event storm must not grow memory without bound
 
 
 def handle_key(handle: Any) -> int:
@@ -89,7 +102,7 @@ class EventWatcher:
         complained = False
         while not self._stop.is_set():
             try:
-                data = self._lib.nvmlEventSetWait_v2(self._set, 500)
+                data = self._lib.nvmlEventSetWait_v2(self._set, WAIT_MS)
             except self._lib.NVMLError as exc:
                 if int(exc.value) != ERROR_TIMEOUT:
                     if not complained:
@@ -160,16 +173,16 @@ class EventWatcher:
                 action="Drain the GPU; RMA candidate.",
                 **common,
             )
-        if kind == UNAVAILABLE:
-            return Event(
-                kind="gpu_lost", severity="critical", message="GPU became unavailable", **common
-            )
         if kind == RECOVERY:
+            code = int(data.eventData)
+            name = RECOVERY_ACTIONS.get(code, f"action_{code}")
             return Event(
                 kind="recovery_action",
-                severity="warning",
-                code=int(data.eventData),
-                message=f"NVML recovery action {int(data.eventData)} requested",
+                severity="info" if code == 0 else "critical",
+                code=code,
+                name=name,
+                message=f"the driver asks for recovery action {name}",
+                action=_RECOVERY_ADVICE.get(name, "See NVIDIA's GPU recovery documentation."),
                 **common,
             )
         return None
@@ -182,7 +195,7 @@ class EventWatcher:
         return out
 
     def stop(self) -> None:
-        """Stop the thread (within half a second) and free the event set."""
+        """Stop the thread (within WAIT_MS) and free the event set."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)

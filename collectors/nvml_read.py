@@ -36,7 +36,6 @@ UINT_MAX = 0xFFFFFFFF
 MEMORY_V2 = 0x02000028
 CLOCK_GRAPHICS, CLOCK_SM, CLOCK_MEM, CLOCK_VIDEO = 0, 1, 2, 3
 TEMP_GPU = 0
-THRESHOLD_SHUTDOWN, THRESHOLD_SLOWDOWN = 0, 1
 PCIE_TX, PCIE_RX = 0, 1
 POLICY_POWER, POLICY_THERMAL = 0, 1
 RETIRED_SBE, RETIRED_DBE = 0, 1
@@ -210,15 +209,16 @@ class DeviceReader:
         limits = self.call("nvmlDeviceGetPowerManagementLimitConstraints")
         s["power_min_limit_w"] = _watts(limits[0]) if limits else None
         s["power_max_limit_w"] = _watts(limits[1]) if limits else None
-        s["temp_slowdown_c"] = self.call("nvmlDeviceGetTemperatureThreshold", THRESHOLD_SLOWDOWN)
-        s["temp_shutdown_c"] = self.call("nvmlDeviceGetTemperatureThreshold", THRESHOLD_SHUTDOWN)
+        s["temp_slowdown_c"] = _float(self.call("nvmlDeviceGetTemperatureThreshold", 1))
+        s["temp_shutdown_c"] = _float(self.call("nvmlDeviceGetTemperatureThreshold", 0))
         s["pcie_gen_max"] = self.call("nvmlDeviceGetMaxPcieLinkGeneration")
         s["pcie_width_max"] = self.call("nvmlDeviceGetMaxPcieLinkWidth")
         support = self.call("nvmlGpmQueryDeviceSupport")
         if support is not None and support.isSupportedDevice:
-            first = self.lib.nvmlGpmSampleAlloc()
-            second = self.lib.nvmlGpmSampleAlloc()
-            self._gpm = [first, second]
+            try:
+                self._gpm = [self.lib.nvmlGpmSampleAlloc(), self.lib.nvmlGpmSampleAlloc()]
+            except self.lib.NVMLError as exc:
+                self._note("nvmlGpmSampleAlloc", int(exc.value), exc)
 
     def identity(self, error: GpuError | None = None) -> Gpu:
         """A Gpu with identity only (and an error, when the device could not be read)."""
@@ -257,7 +257,7 @@ class DeviceReader:
         gpu.mem_clock_mhz = c("nvmlDeviceGetClockInfo", CLOCK_MEM)
         gpu.graphics_clock_mhz = c("nvmlDeviceGetClockInfo", CLOCK_GRAPHICS)
         gpu.video_clock_mhz = c("nvmlDeviceGetClockInfo", CLOCK_VIDEO)
-        gpu.temp_c = c("nvmlDeviceGetTemperature", TEMP_GPU)
+        gpu.temp_c = _float(c("nvmlDeviceGetTemperature", TEMP_GPU))
         gpu.power_w = _watts(c("nvmlDeviceGetPowerUsage"))
         gpu.power_limit_w = _watts(c("nvmlDeviceGetPowerManagementLimit"))
         gpu.power_enforced_limit_w = _watts(c("nvmlDeviceGetEnforcedPowerLimit"))
@@ -286,7 +286,12 @@ class DeviceReader:
         self._retired_pages(gpu)
         self._mig(gpu)
         self._gpm_metrics(gpu)
-        if gpu.pcie_tx_bytes_per_s is None and self.pcie_throughput in ("auto", "nvml"):
+        # One source per GPU for the life of the process: GPM (an average over the interval)
+        # where it exists, else NVML's 20 ms snapshot; never one then the other.
+        nvml_pcie = self.pcie_throughput == "nvml" or (
+            self.pcie_throughput == "auto" and self._gpm is None
+        )
+        if nvml_pcie:
             tx, rx = (
                 c("nvmlDeviceGetPcieThroughput", PCIE_TX),
                 c("nvmlDeviceGetPcieThroughput", PCIE_RX),
@@ -346,7 +351,7 @@ class DeviceReader:
             if scale is None:
                 setattr(gpu, attr, bool(raw))
             elif attr == "mem_temp_c":
-                setattr(gpu, attr, raw if 0 < raw < 200 else None)  # 0 means no sensor
+                setattr(gpu, attr, float(raw) if 0 < raw < 200 else None)  # 0: no sensor
             else:
                 setattr(gpu, attr, int(raw * scale))
         recovery = values[len(FIELDS)] if len(values) > len(FIELDS) else None
@@ -404,7 +409,7 @@ class DeviceReader:
         if not self._gpm_primed:
             self._gpm_primed = True
             return
-        wanted = [m for m in GPM_METRICS if self.pcie_throughput != "off" or m < 20]
+        wanted = [m for m in GPM_METRICS if m < 20 or self.pcie_throughput in ("auto", "gpm")]
         request = self.lib.c_nvmlGpmMetricsGet_t()
         request.version = GPM_METRICS_GET_VERSION
         request.numMetrics = len(wanted)
@@ -456,6 +461,10 @@ class DeviceReader:
 
 def _maybe_text(value: Any) -> str | None:
     return _text(value) if value not in (None, b"", "") else None
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if value is not None else None
 
 
 def _watts(milliwatts: Any) -> float | None:

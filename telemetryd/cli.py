@@ -153,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     debug = "--debug" in args
     try:
         code = cli.main(args=args, prog_name="telemetryd", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        if exc.ctx is not None:
+            click.echo(exc.ctx.get_help(), err=True)
+        sys.exit(2)
     except click.UsageError as exc:
         path = exc.ctx.command_path if exc.ctx else "telemetryd"
         click.echo(f"{path}: {exc.format_message()} (see '{path} --help')", err=True)

@@ -8,6 +8,7 @@ library touches one file.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -102,8 +103,8 @@ def convert(obj: Any, type_: Any, *, strict: bool = True) -> Any:
 
 
 def to_builtins(obj: Any) -> Any:
-    """Turn Structs into dicts and lists (unset optional fields omitted)."""
-    return msgspec.to_builtins(obj)
+    """Turn Structs into dicts and lists; dates and times stay objects (TOML has them)."""
+    return msgspec.to_builtins(obj, builtin_types=(datetime.datetime, datetime.date, datetime.time))
 
 
 def struct_fields(type_: type[Struct]) -> tuple[Any, ...]:

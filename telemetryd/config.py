@@ -103,7 +103,27 @@ class HostConfig(_Section):
     ] = True
 
 
-class AgentConfig(_Section):
+class _BrokerSection(_Section):
+    """Keys every MQTT client role shares: where the broker is and how to log in."""
+
+    broker: Annotated[
+        str,
+        _doc(
+            "MQTT broker URL: mqtt://[user@]host[:1883] or "
+            "mqtts://[user@]host[:8883]. No password in the URL."
+        ),
+    ] = "mqtt://localhost:1883"
+    password_file: Annotated[
+        str,
+        _doc(
+            "File holding the MQTT password. Empty: $CREDENTIALS_DIRECTORY/mqtt-"
+            "password when present."
+        ),
+    ] = ""
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+
+class AgentConfig(_BrokerSection):
     """``[agent]``: what runs on every GPU node."""
 
     node: Annotated[
@@ -136,20 +156,6 @@ class AgentConfig(_Section):
             "systemd, else /var/lib/telemetryd."
         ),
     ] = ""
-    broker: Annotated[
-        str,
-        _doc(
-            "MQTT broker URL: mqtt://[user@]host[:1883] or "
-            "mqtts://[user@]host[:8883]. No password in the URL."
-        ),
-    ] = "mqtt://localhost:1883"
-    password_file: Annotated[
-        str,
-        _doc(
-            "File holding the MQTT password. Empty: $CREDENTIALS_DIRECTORY/mqtt-"
-            "password when present."
-        ),
-    ] = ""
     collector_timeout: Annotated[
         float,
         _doc(
@@ -162,7 +168,6 @@ class AgentConfig(_Section):
     sysfs: Annotated[
         str, _doc("Root of sysfs, for RAPL and hwmon (a container may mount the host's elsewhere).")
     ] = "/sys"
-    tls: TlsConfig = field(default_factory=TlsConfig)
     nvml: NvmlConfig = field(default_factory=NvmlConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     host: HostConfig = field(default_factory=HostConfig)
@@ -172,24 +177,9 @@ class AgentConfig(_Section):
     ] = field(default_factory=dict)
 
 
-class AggregatorConfig(_Section):
+class AggregatorConfig(_BrokerSection):
     """``[aggregator]``: what runs at the centre."""
 
-    broker: Annotated[
-        str,
-        _doc(
-            "MQTT broker URL: mqtt://[user@]host[:1883] or "
-            "mqtts://[user@]host[:8883]. No password in the URL."
-        ),
-    ] = "mqtt://localhost:1883"
-    password_file: Annotated[
-        str,
-        _doc(
-            "File holding the MQTT password. Empty: $CREDENTIALS_DIRECTORY/mqtt-"
-            "password when present."
-        ),
-    ] = ""
-    tls: TlsConfig = field(default_factory=TlsConfig)
     clusters: Annotated[list[str], _doc("Clusters to consume; '+' is every cluster.")] = field(
         default_factory=lambda: ["+"]
     )

@@ -33,8 +33,11 @@ def _broker(url: str, tls: TlsConfig, password_file: str, key: str, where: Where
         elif value and (reason := unreadable(value)):
             problems.append(f"{where(dotted)}: {dotted}: {reason}")
     if bool(tls.cert_file) != bool(tls.key_file):
-        dotted = f"{key}.tls.{'key_file' if tls.cert_file else 'cert_file'}"
-        problems.append(f"{where(dotted)}: {dotted}: cert_file and key_file go together")
+        given, missing = ("cert_file", "key_file") if tls.cert_file else ("key_file", "cert_file")
+        dotted = f"{key}.tls.{missing}"
+        problems.append(
+            f"{where(f'{key}.tls.{given}')}: {dotted}: missing; cert_file and key_file go together"
+        )
     if password_file and (reason := unreadable(password_file)):
         problems.append(f"{where(key + '.password_file')}: {key}.password_file: {reason}")
     return problems
@@ -113,9 +116,8 @@ def _aggregator(cfg: AggregatorConfig, where: Where) -> list[str]:
 def semantic_problems(cfg: Config, where: Where, env: Mapping[str, str]) -> list[str]:
     """Every meaning-level problem of a typed configuration, one line each."""
     problems = _agent(cfg.agent, where) + _aggregator(cfg.aggregator, where)
-    for role in ("agent", "aggregator"):
-        section = getattr(cfg, role)
-        path = secret_path(section.password_file, "mqtt-password", env)
-        if path and not section.password_file and (reason := unreadable(path)):
-            problems.append(f"credential mqtt-password: {reason}")
+    if not (cfg.agent.password_file and cfg.aggregator.password_file):
+        path = secret_path("", "mqtt-password", env)
+        if path and (reason := unreadable(path)):
+            problems.append(f"systemd credential mqtt-password (password_file empty): {reason}")
     return problems

@@ -67,10 +67,13 @@ class _Origin:
         self.by_key: dict[str, str] = {}
 
     def file(self, dotted: str) -> str:
-        line = self.lines.get(dotted)
-        if line is None and "." in dotted:
-            line = self.lines.get(dotted.rsplit(".", 1)[0])
-        return f"{self.path}:{line}" if line else str(self.path)
+        if self.path is None:
+            return "defaults"
+        key, line = dotted, self.lines.get(dotted)
+        while line is None and "." in key:  # a key set in an inline table: its table's line
+            key = key.rsplit(".", 1)[0]
+            line = self.lines.get(key)
+        return f"{self.path}:{line}" if line else self.path
 
     def of(self, dotted: str) -> str:
         return self.by_key.get(dotted) or self.file(dotted)
@@ -116,7 +119,8 @@ def _check_value(value: Any, tp: Any) -> tuple[Any, str | None]:
         return convert(value, tp), None
     except DecodeError as exc:
         where = f" at {exc.path}" if exc.path else ""
-        return None, f"{exc.problem}{where}{_describe_value(value)}"
+        problem = exc.problem.replace("object", "table").replace("`str`", "string")
+        return None, f"{problem}{where}{_describe_value(value)}"
 
 
 def _validate(
@@ -133,8 +137,14 @@ def _validate(
         dotted = f"{prefix}{key}"
         if key not in types_:
             hint = difflib.get_close_matches(key, types_, n=1)
+            elsewhere = [d for d, _ in leaf_keys() if d.rsplit(".", 1)[-1] == key]
             known = ", ".join(types_)
-            suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; expected one of: {known}"
+            if hint:
+                suggestion = f"; did you mean {hint[0]!r}?"
+            elif elsewhere:
+                suggestion = f"; did you mean {elsewhere[0]}?"
+            else:
+                suggestion = f"; expected one of: {known}"
             problems.append(f"{where(dotted)}: {dotted}: unknown key{suggestion}")
             continue
         bare, _ = unwrap(types_[key])
@@ -171,7 +181,7 @@ def _from_env(env: Mapping[str, str], origin: _Origin, problems: list[str]) -> d
             value = [part.strip() for part in raw.split(",") if part.strip()]
         elif bare in (int, float, bool):
             try:
-                value = convert(raw, bare, strict=False)
+                value = convert(raw.strip(), bare, strict=False)
             except DecodeError:
                 value = raw
         elif bare is not str and typing.get_origin(bare) is not typing.Literal:
@@ -252,7 +262,7 @@ def load(
     for dotted, (option, value) in (overrides or {}).items():
         converted, problem = _check_value(value, types_[dotted])
         if problem:
-            problems.append(f"option {option}: {problem}")
+            problems.append(f"option {option}: {dotted}: {problem}")
             continue
         origin.by_key[dotted] = f"option {option}"
         _set(cli, dotted, converted)

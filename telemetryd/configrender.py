@@ -7,6 +7,7 @@ Secrets never appear: only the *paths* of the files that hold them are configura
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import textwrap
@@ -42,7 +43,10 @@ def toml_value(value: Any) -> str:
             return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        # JSON escapes what TOML forbids in basic strings, except DEL.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -86,7 +90,8 @@ def _write_table(
         value = values.get(name)
         if sample:
             doc = _description(meta) + _constraints(meta)
-            doc += f" Environment: {env_name(f'{path}.{name}')}."
+            if not isinstance(value, dict):
+                doc += f" Environment: {env_name(f'{path}.{name}')}."
             out.extend("## " + line for line in textwrap.wrap(doc, 86))
             if isinstance(value, dict):
                 out.append(f"# [{path}.{name}.NAME]   (one table per plugin)")

@@ -69,7 +69,7 @@ class MigDevice(_Base):
 
 
 class Gpu(_Base):
-    """One physical GPU: identity, then every metric NVML gives for it, in base units."""
+    """One physical GPU: identity, then every metric NVML gives for it (units in the names)."""
 
     index: Count
     uuid: Text
@@ -295,6 +295,7 @@ class AgentStats(_Base):
     dropped: Count | None = None
     reconnects: Count | None = None
     spool_errors: Count | None = None
+    events_dropped: Count | None = None
 
 
 class Report(_Base):

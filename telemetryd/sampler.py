@@ -76,11 +76,11 @@ class NodeSampler:
         gpu_sample = await gpu_task
         host = Host()
         errors: list[SourceError] = []
-        for part in parts:
-            if isinstance(part, SourceError):
-                errors.append(part)
-            else:
+        for part, error in parts:
+            if part is not None:
                 _merge(host, part)
+            if error is not None:
+                errors.append(error)
         report = Report(
             schema=SCHEMA_VERSION,
             cluster=self.cluster,
@@ -93,6 +93,7 @@ class NodeSampler:
                 version=__version__,
                 sample_duration_s=round(time.monotonic() - started, 6),
                 gpu_duration_s=round(gpu_sample.duration_s, 6) if self.gpu else None,
+                events_dropped=gpu_sample.events_dropped or None,
             ),
             gpus=gpu_sample.gpus,
             host=host if self.collectors else None,
@@ -104,19 +105,26 @@ class NodeSampler:
             self._absent_sent = True
         return self.conform(report)
 
-    async def _host_part(self, collector: HostCollector) -> Host | SourceError:
+    async def _host_part(self, collector: HostCollector) -> tuple[Host | None, SourceError | None]:
+        """The collector's part and its error; what it read before failing is kept.
+
+        A part whose collector overran its deadline is never used: its thread may still be
+        writing to it.
+        """
         part = Host()
         worker = self._workers[collector.name]
         try:
             await worker.run(
                 lambda: collector.collect(part), collector.name, self.cfg.collector_timeout
             )
-        except (CollectorError, WorkerTimeout, WorkerBusy) as exc:
-            return SourceError(source=collector.name, message=_short(str(exc)))
+        except CollectorError as exc:
+            return part, SourceError(source=collector.name, message=_short(str(exc)))
+        except (WorkerTimeout, WorkerBusy) as exc:
+            return None, SourceError(source=collector.name, message=_short(str(exc)))
         except Exception as exc:  # a plugin's bug must not cost the report
             log.exception("collector %s failed unexpectedly", collector.name)
-            return SourceError(source=collector.name, message=_short(f"failed: {exc!r}"))
-        return part
+            return None, SourceError(source=collector.name, message=_short(f"failed: {exc!r}"))
+        return part, None
 
     def conform(self, report: Report) -> Report:
         """Drop any value the wire decoder would refuse, so the report is always accepted."""
@@ -207,6 +215,10 @@ def open_sampler(
                 raise
             absent["gpu"] = f"{exc}; {NVML_HINT}"
             log.warning("no GPUs: %s", absent["gpu"])
+        else:
+            for source, reason in gpu.notes().items():
+                absent[source] = reason
+                log.warning("%s: %s", source, reason)
     collectors: list[HostCollector] = []
     for name in cfg.collectors:
         collector = registry.collector_factory(name)(cfg)

@@ -6,9 +6,10 @@ or token in a URL is refused with a pointer to the ``*_file`` keys instead.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 BROKER_FORM = "mqtt://[user@]host[:port] or mqtts://[user@]host[:port]"
 SINK_FORMS = (
@@ -52,28 +53,45 @@ class SinkUrl:
     username: str | None = None
 
 
-def _port(parts: object, url: str, default: int) -> int:
+def redact(url: str) -> str:
+    """``url`` with any password or token replaced by ***, for error messages and logs."""
+    url = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+    return re.sub(r"([?&](?:token|password)=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
+
+
+def _split(url: str) -> SplitResult:
     try:
-        port = parts.port  # type: ignore[attr-defined]
-    except ValueError:
-        raise UrlError(f"{url!r}: the port is not a number from 1 to 65535") from None
-    return int(port) if port else default
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is what raises
+    except ValueError as exc:
+        if "port" in str(exc).lower():
+            raise UrlError(f"{redact(url)!r}: the port is not a number from 1 to 65535") from None
+        raise UrlError(f"{redact(url)!r}: not a valid URL ({exc})") from None
+    return parts
+
+
+def _port(parts: SplitResult, url: str, default: int) -> int:
+    if parts.port is None:
+        return default
+    if parts.port == 0:
+        raise UrlError(f"{redact(url)!r}: port 0 is not a port; expected 1 to 65535")
+    return parts.port
 
 
 def parse_broker_url(url: str) -> BrokerUrl:
     """Parse ``mqtt://`` / ``mqtts://`` URLs; raise UrlError naming the expected form."""
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise UrlError(f"{url!r}: scheme must be mqtt or mqtts; expected {BROKER_FORM}")
+        raise UrlError(f"{redact(url)!r}: scheme must be mqtt or mqtts; expected {BROKER_FORM}")
     if parts.password is not None:
         raise UrlError(
-            f"{url!r}: contains a password; secrets never go in URLs, use password_file "
+            f"{redact(url)!r}: contains a password; secrets never go in URLs, use password_file "
             "or the systemd credential mqtt-password"
         )
     if not parts.hostname:
-        raise UrlError(f"{url!r}: no host; expected {BROKER_FORM}")
+        raise UrlError(f"{redact(url)!r}: no host; expected {BROKER_FORM}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise UrlError(f"{url!r}: unexpected path or query; expected {BROKER_FORM}")
+        raise UrlError(f"{redact(url)!r}: unexpected path or query; expected {BROKER_FORM}")
     tls = parts.scheme == "mqtts"
     return BrokerUrl(
         host=parts.hostname,
@@ -85,23 +103,25 @@ def parse_broker_url(url: str) -> BrokerUrl:
 
 def parse_sink_url(url: str) -> SinkUrl:
     """Parse a sink URL (sqlite, influxdb2, influxdb 1.x); raise UrlError naming the forms."""
-    parts = urlsplit(url)
+    parts = _split(url)
     query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     if parts.password is not None or "token" in query or "password" in query:
         raise UrlError(
-            f"{url!r}: contains a secret; secrets never go in URLs, use the sink's token or "
-            "password file, or a systemd credential"
+            f"{redact(url)!r}: contains a secret; secrets never go in URLs, use the sink's "
+            "token or password file, or a systemd credential"
         )
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
-            raise UrlError(f"{url!r}: expected sqlite:///ABSOLUTE/PATH (three slashes)")
+            raise UrlError(f"{redact(url)!r}: expected sqlite:///ABSOLUTE/PATH (three slashes)")
         return SinkUrl(kind="sqlite", path=parts.path)
     if parts.scheme in ("influxdb2", "influxdb2s"):
         if not parts.hostname:
-            raise UrlError(f"{url!r}: no host; expected {SINK_FORMS}")
+            raise UrlError(f"{redact(url)!r}: no host; expected {SINK_FORMS}")
         missing = [k for k in ("org", "bucket") if not query.get(k)]
         if missing:
-            raise UrlError(f"{url!r}: missing {' and '.join(missing)}; expected ?org=O&bucket=B")
+            raise UrlError(
+                f"{redact(url)!r}: missing {' and '.join(missing)}; expected ?org=O&bucket=B"
+            )
         tls = parts.scheme == "influxdb2s" or query.get("tls") in ("1", "true")
         return SinkUrl(
             kind="influxdb2",
@@ -114,7 +134,7 @@ def parse_sink_url(url: str) -> SinkUrl:
     if parts.scheme in ("influxdb", "influxdbs"):
         database = parts.path.strip("/")
         if not parts.hostname or not database or "/" in database:
-            raise UrlError(f"{url!r}: expected influxdb://host:8086/DB[?rp=RP]")
+            raise UrlError(f"{redact(url)!r}: expected influxdb://host:8086/DB[?rp=RP]")
         return SinkUrl(
             kind="influxdb",
             host=parts.hostname,
@@ -124,13 +144,13 @@ def parse_sink_url(url: str) -> SinkUrl:
             retention_policy=query.get("rp", ""),
             username=parts.username or None,
         )
-    raise UrlError(f"{url!r}: unknown sink scheme {parts.scheme!r}; expected {SINK_FORMS}")
+    raise UrlError(f"{redact(url)!r}: unknown sink scheme {parts.scheme!r}; expected {SINK_FORMS}")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
     """Parse ``HOST:PORT`` (``[::1]:9400`` for IPv6); raise UrlError naming the form."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise UrlError(f"{value!r}: expected HOST:PORT, e.g. 127.0.0.1:9400 or [::]:9400")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not host:

@@ -62,12 +62,15 @@ class Worker(Generic[T]):
             fn, future = item
             if not future.set_running_or_notify_cancel():
                 continue
+            # Idle again *before* the waiter wakes, or its next submit would see "busy".
             try:
-                future.set_result(fn())
+                result = fn()
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
-                future.set_exception(exc)
-            finally:
                 self._busy.clear()
+                future.set_exception(exc)
+            else:
+                self._busy.clear()
+                future.set_result(result)
 
     def busy_for(self) -> float | None:
         """Seconds the current call has run, or None when idle."""

@@ -26,6 +26,10 @@ class Xid(NamedTuple):
 _RESTART_APP = "Restart the application; if it recurs across jobs, investigate the GPU."
 _RESET_GPU = "Drain the GPU, stop its processes and reset it (nvidia-smi -r)."
 _SUPPORT = "If it persists after a reset, contact NVIDIA support (possible RMA)."
+_NVLINK5 = (
+    "Decode it with NVIDIA's XID 144-150 table (unit, intrinfo, status): fatal rows need a "
+    "GPU reset; BER rows mean checking links and cables."
+)
 
 XIDS: dict[int, Xid] = {
     x.code: x
@@ -53,7 +57,7 @@ XIDS: dict[int, Xid] = {
             "Follow the XID that caused it; alone, restart the fabric manager.",
             "info",
         ),
-        Xid(46, "RC_GPU_STOPPED", "GPU stopped processing", _RESET_GPU, "critical"),
+        Xid(46, "XID_46", "GPU stopped processing", _RESET_GPU, "critical"),
         Xid(
             48,
             "RC_GPU_ECC_DBE",
@@ -167,6 +171,40 @@ XIDS: dict[int, Xid] = {
             f"{_RESET_GPU} {_SUPPORT}",
             "critical",
         ),
+        Xid(
+            144,
+            "NVLINK_SAW_ERROR",
+            "NVLink (NVLink5) SAW error",
+            _NVLINK5,
+            "warning",
+        ),
+        Xid(145, "NVLINK_RLW_ERROR", "NVLink (NVLink5) RLW error", _NVLINK5, "warning"),
+        Xid(146, "NVLINK_TLW_ERROR", "NVLink (NVLink5) TLW error", _NVLINK5, "warning"),
+        Xid(147, "NVLINK_TREX_ERROR", "NVLink (NVLink5) TREX error (non-fatal)", _NVLINK5, "info"),
+        Xid(
+            148,
+            "NVLINK_NVLPW_CTRL_ERROR",
+            "NVLink (NVLink5) NVLPW control error",
+            _NVLINK5,
+            "warning",
+        ),
+        Xid(
+            149,
+            "NVLINK_NETIR_ERROR",
+            "NVLink (NVLink5) NETIR error (decode: link down is fatal, BER is not)",
+            _NVLINK5,
+            "warning",
+        ),
+        Xid(150, "NVLINK_MSE_ERROR", "NVLink (NVLink5) MSE error", _NVLINK5, "critical"),
+        Xid(
+            154,
+            "GPU_RECOVERY_ACTION_CHANGED",
+            "The GPU's recovery action changed",
+            "Informational: follow the XID that caused it and the recovery action reported.",
+            "info",
+        ),
+        Xid(155, "NVLINK_SW_DEFINED_ERROR", "NVLink software-defined error", _NVLINK5, "warning"),
+        Xid(158, "GPU_FATAL_TIMEOUT", "GPU fatal timeout", f"{_RESET_GPU} {_SUPPORT}", "critical"),
         Xid(
             143,
             "GPU_INIT_ERROR",
