@@ -138,7 +138,7 @@ def config_check(file: str) -> None:
 
 
 @config.command("sample")
-@click.argument("role", type=click.Choice(["agent", "aggregator"]))
+@click.argument("role", type=click.Choice(["agent", "aggregator", "broker"]))
 def config_sample(role: str) -> None:
     """Print a commented configuration documenting every key of ROLE."""
     from telemetryd.config import Config

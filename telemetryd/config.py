@@ -121,6 +121,27 @@ class _BrokerSection(_Section):
         ),
     ] = ""
     tls: TlsConfig = field(default_factory=TlsConfig)
+    mqtt_version: Annotated[
+        Literal["5", "3.1.1"],
+        _doc("MQTT protocol version. 5 falls back to 3.1.1 once if the broker refuses it."),
+    ] = "5"
+    keepalive: Annotated[
+        int,
+        _doc(
+            "Seconds between MQTT keepalives; the broker declares a silent client gone "
+            "(and publishes its Last Will) after 1.5 times this.",
+            ge=2,
+            le=3600,
+        ),
+    ] = 30
+    client_id: Annotated[
+        str,
+        _doc(
+            "MQTT client id. Empty: telemetryd-<role>-<cluster>-<node> for an agent, "
+            "telemetryd-aggregator-<host> for an aggregator. It must be stable: the "
+            "aggregator's queued messages wait at the broker under it."
+        ),
+    ] = ""
 
 
 class AgentConfig(_BrokerSection):
@@ -171,6 +192,26 @@ class AgentConfig(_BrokerSection):
     nvml: NvmlConfig = field(default_factory=NvmlConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     host: HostConfig = field(default_factory=HostConfig)
+    spool_max_bytes: Annotated[
+        int,
+        _doc(
+            "Bytes of unacknowledged reports kept on disk while the broker is unreachable; "
+            "beyond that the oldest are dropped and counted.",
+            ge=1 << 16,
+        ),
+    ] = 256 << 20
+    spool_max_age: Annotated[
+        float,
+        _doc("Seconds an unacknowledged report is kept before it is dropped and counted.", gt=0),
+    ] = 3 * 86400.0
+    backlog_rate: Annotated[
+        float,
+        _doc(
+            "Reports per second sent from the spool after a reconnect, oldest first, "
+            "while new reports keep flowing at once.",
+            gt=0,
+        ),
+    ] = 50.0
     plugins: Annotated[
         dict[str, dict[str, Any]],
         _doc("Options of third-party collector plugins, one table per plugin name."),
@@ -194,6 +235,63 @@ class AggregatorConfig(_BrokerSection):
     listen: Annotated[
         str, _doc("HOST:PORT serving /metrics, /healthz and /readyz. Empty: not served.")
     ] = ""
+    shared_group: Annotated[
+        str,
+        _doc(
+            "Share the load with other aggregators through $share/<group>/... (MQTT 5). "
+            "Empty: this aggregator consumes every message."
+        ),
+    ] = ""
+    session_expiry: Annotated[
+        int,
+        _doc(
+            "Seconds the broker keeps this aggregator's session (and queues its messages) "
+            "while it is down.",
+            ge=60,
+        ),
+    ] = 7 * 86400
+    max_payload_bytes: Annotated[
+        int, _doc("Largest report accepted; bigger ones are dead-lettered.", ge=1024)
+    ] = 4 << 20
+    max_clock_skew: Annotated[
+        float,
+        _doc("Seconds a report's time may lie in the future before it is refused.", gt=0),
+    ] = 300.0
+    max_report_age: Annotated[
+        float,
+        _doc(
+            "Seconds a report may be old before it is refused (spooled reports arrive late "
+            "after an outage; keep this above the agents' spool_max_age).",
+            gt=0,
+        ),
+    ] = 30 * 86400.0
+    wal_max_bytes: Annotated[
+        int,
+        _doc(
+            "Bytes of write-ahead log kept for sinks that lag or are down; when full, "
+            "messages stay unacknowledged at the broker.",
+            ge=1 << 20,
+        ),
+    ] = 1 << 30
+    deadletter_max_bytes: Annotated[
+        int,
+        _doc("Bytes of the dead-letter file before it rotates (one old file is kept).", ge=4096),
+    ] = 64 << 20
+    batch_size: Annotated[
+        int, _doc("Messages synced and acknowledged together, at most.", ge=1, le=100_000)
+    ] = 1000
+    batch_wait: Annotated[
+        float,
+        _doc("Seconds a message may wait for its batch to fill before it is synced.", gt=0, le=10),
+    ] = 0.05
+    fleet_interval: Annotated[
+        float,
+        _doc("Seconds between publications of the retained fleet summary.", gt=0),
+    ] = 5.0
+    silent_after: Annotated[
+        float,
+        _doc("A node without a report for this many of its intervals is 'silent'.", gt=1),
+    ] = 3.0
     state_dir: Annotated[
         str,
         _doc(
@@ -203,11 +301,33 @@ class AggregatorConfig(_BrokerSection):
     ] = ""
 
 
+class BrokerConfig(_Section):
+    """``[broker]``: the embedded MQTT broker (amqtt), for one machine and small sites."""
+
+    listen: Annotated[
+        str,
+        _doc(
+            "HOST:PORT to listen on. Anything but loopback needs cert_file/key_file and "
+            "password_file: an open broker would let anyone write telemetry."
+        ),
+    ] = "127.0.0.1:1883"
+    cert_file: Annotated[str, _doc("Server certificate (PEM) for MQTT over TLS.")] = ""
+    key_file: Annotated[str, _doc("Private key of cert_file (PEM).")] = ""
+    password_file: Annotated[
+        str,
+        _doc(
+            "User file (username:hash lines, as amqtt's passwd tool writes) for password "
+            "authentication. Empty: anonymous clients (loopback only)."
+        ),
+    ] = ""
+
+
 class Config(_Section):
     """A whole configuration file: one table per role."""
 
     agent: AgentConfig = field(default_factory=AgentConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
 
 
-ROLES = ("agent", "aggregator")
+ROLES = ("agent", "aggregator", "broker")

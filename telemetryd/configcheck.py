@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from telemetryd import registry
-from telemetryd.config import AgentConfig, AggregatorConfig, Config, TlsConfig
+from telemetryd.config import AgentConfig, AggregatorConfig, BrokerConfig, Config, TlsConfig
 from telemetryd.names import name_problem
 from telemetryd.secrets import secret_path, unreadable
 from telemetryd.urls import UrlError, parse_broker_url, parse_listen, parse_sink_url
@@ -99,11 +99,20 @@ def _aggregator(cfg: AggregatorConfig, where: Where) -> list[str]:
     for cluster in cfg.clusters:
         if cluster != "+" and (problem := name_problem(cluster)):
             problems.append(f"{where('aggregator.clusters')}: aggregator.clusters: {problem}")
+    kinds = registry.sink_kinds()
     for sink in cfg.sinks:
         try:
-            parse_sink_url(sink)
+            url = parse_sink_url(sink)
         except UrlError as exc:
             problems.append(f"{where('aggregator.sinks')}: aggregator.sinks: {exc}")
+            continue
+        if url.kind not in kinds:
+            problems.append(
+                f"{where('aggregator.sinks')}: aggregator.sinks: {url.kind} sinks are not "
+                f"available in this version; available: {', '.join(kinds)}"
+            )
+    if cfg.shared_group and (problem := name_problem(cfg.shared_group)):
+        problems.append(f"{where('aggregator.shared_group')}: aggregator.shared_group: {problem}")
     if cfg.listen:
         try:
             parse_listen(cfg.listen)
@@ -113,9 +122,42 @@ def _aggregator(cfg: AggregatorConfig, where: Where) -> list[str]:
     return problems
 
 
+def _broker_section(cfg: BrokerConfig, where: Where) -> list[str]:
+    problems: list[str] = []
+    try:
+        host, _ = parse_listen(cfg.listen)
+    except UrlError as exc:
+        return [f"{where('broker.listen')}: broker.listen: {exc}"]
+    for key in ("cert_file", "key_file", "password_file"):
+        value = getattr(cfg, key)
+        if value and (reason := unreadable(value)):
+            problems.append(f"{where('broker.' + key)}: broker.{key}: {reason}")
+    if bool(cfg.cert_file) != bool(cfg.key_file):
+        problems.append(f"{where('broker.cert_file')}: broker.cert_file: goes with key_file")
+    if not is_loopback(host) and not (cfg.cert_file and cfg.password_file):
+        problems.append(
+            f"{where('broker.listen')}: broker.listen: {cfg.listen!r} is not loopback; "
+            "expected TLS (cert_file, key_file) and authentication (password_file) with it"
+        )
+    return problems
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host only accepts connections from this machine."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def semantic_problems(cfg: Config, where: Where, env: Mapping[str, str]) -> list[str]:
     """Every meaning-level problem of a typed configuration, one line each."""
     problems = _agent(cfg.agent, where) + _aggregator(cfg.aggregator, where)
+    problems += _broker_section(cfg.broker, where)
     if not (cfg.agent.password_file and cfg.aggregator.password_file):
         path = secret_path("", "mqtt-password", env)
         if path and (reason := unreadable(path)):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from telemetryd.codec import DecodeError, Struct, convert
-from telemetryd.config import Config
+from telemetryd.config import ROLES, Config
 from telemetryd.errors import ConfigError
 
 ENV_PREFIX = "TELEMETRYD_"
@@ -276,5 +276,5 @@ def load(
     problems = semantic_problems(config, origin.of, env)
     if problems:
         raise ConfigError(problems)
-    sections = tuple(s for s in ("agent", "aggregator") if s in data) or ("agent", "aggregator")
+    sections = tuple(s for s in ROLES if s in data) or ROLES
     return Loaded(config, sections, origin)

@@ -29,6 +29,10 @@ _HEADERS = {
         "writes to sinks and raises alerts. Precedence: command line > environment "
         "(TELEMETRYD_AGGREGATOR_...) > this file > defaults."
     ),
+    "broker": (
+        "telemetryd broker: the embedded MQTT broker (amqtt) for one machine or a small site. "
+        "Past a few hundred nodes use Mosquitto or EMQX (see examples/mosquitto)."
+    ),
 }
 
 

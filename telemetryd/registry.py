@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from collectors.base import GpuSourceFactory, HostCollectorFactory
+    from exporters.base import SinkFactory
 
 log = logging.getLogger(__name__)
 
 COLLECTOR_GROUP = "telemetryd.collectors"
 GPU_GROUP = "telemetryd.gpu_backends"
+SINK_GROUP = "telemetryd.sinks"
 
 _BUILTIN_COLLECTORS = {
     "host": "collectors.host:create",
@@ -30,6 +32,9 @@ _BUILTIN_COLLECTORS = {
 _BUILTIN_GPU = {
     "nvml": "collectors.nvml:create",
     "sim": "collectors.sim:create",
+}
+_BUILTIN_SINKS = {
+    "sqlite": "exporters.sqlite:create",
 }
 
 
@@ -73,3 +78,13 @@ def collector_factory(name: str) -> HostCollectorFactory:
 def gpu_factory(name: str) -> GpuSourceFactory:
     """The factory of GPU source ``name``; KeyError if none is registered."""
     return cast("GpuSourceFactory", _load(_targets(_BUILTIN_GPU, GPU_GROUP)[name]))
+
+
+def sink_factory(kind: str) -> SinkFactory:
+    """The factory of sink kind ``kind`` (a URL scheme); KeyError if none is registered."""
+    return cast("SinkFactory", _load(_targets(_BUILTIN_SINKS, SINK_GROUP)[kind]))
+
+
+def sink_kinds() -> list[str]:
+    """Every sink kind (URL scheme family) that can be named in ``aggregator.sinks``."""
+    return sorted(_targets(_BUILTIN_SINKS, SINK_GROUP))

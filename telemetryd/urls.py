@@ -51,6 +51,11 @@ class SinkUrl:
     database: str = ""
     retention_policy: str = ""
     username: str | None = None
+    options: tuple[tuple[str, str], ...] = ()  # other query parameters, e.g. retention_days
+
+    def option(self, key: str, default: str = "") -> str:
+        """A query parameter of the URL (sink-specific settings)."""
+        return dict(self.options).get(key, default)
 
 
 def redact(url: str) -> str:
@@ -113,7 +118,7 @@ def parse_sink_url(url: str) -> SinkUrl:
     if parts.scheme == "sqlite":
         if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
             raise UrlError(f"{redact(url)!r}: expected sqlite:///ABSOLUTE/PATH (three slashes)")
-        return SinkUrl(kind="sqlite", path=parts.path)
+        return SinkUrl(kind="sqlite", path=parts.path, options=tuple(sorted(query.items())))
     if parts.scheme in ("influxdb2", "influxdb2s"):
         if not parts.hostname:
             raise UrlError(f"{redact(url)!r}: no host; expected {SINK_FORMS}")

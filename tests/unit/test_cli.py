@@ -198,7 +198,7 @@ def test_help_lists_commands_and_options() -> None:
 def test_help_through_main(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = call(["config", "sample", "--help"], capsys)
     assert (code, err) == (0, "")
-    assert out.startswith("Usage: telemetryd config sample [OPTIONS] {agent|aggregator}")
+    assert out.startswith("Usage: telemetryd config sample [OPTIONS] {agent|aggregator|broker}")
 
 
 @pytest.mark.parametrize(

@@ -19,13 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telemetryd import registry
-from telemetryd.config import AgentConfig, Config
-from telemetryd.configload import ENV_PREFIX, env_name, leaf_keys, load
+from telemetryd.config import AgentConfig, AggregatorConfig, Config
+from telemetryd.configload import ENV_PREFIX, env_name, field_types, leaf_keys, load
 from telemetryd.configrender import render
 from telemetryd.errors import ConfigError, TelemetrydError
 from telemetryd.names import NAME_PATTERN, name_problem
 from telemetryd.secrets import Secret, read_secret, secret_path, unreadable
-from telemetryd.urls import redact
+from telemetryd.urls import parse_sink_url, redact
 from tests.conftest import SECRET
 
 RULE = (
@@ -84,7 +84,7 @@ def backends() -> str:
 def test_defaults_load_without_file_or_environment() -> None:
     loaded = load(None, env={})
     assert loaded.config == Config()
-    assert loaded.sections == ("agent", "aggregator")
+    assert loaded.sections == ("agent", "aggregator", "broker")
     assert loaded.config.agent.cluster == "default"
     assert loaded.config.agent.sim.gpus == 8
 
@@ -105,8 +105,8 @@ def test_unknown_nested_key_suggests(tmp_path: Path) -> None:
 def test_unknown_key_without_close_match_lists_the_known(tmp_path: Path) -> None:
     path = write(tmp_path, "[aggregator]\nzzzzzz = 1\n")
     assert only(problems(path)) == (
-        f"{path}:2: aggregator.zzzzzz: unknown key; expected one of: broker, password_file, "
-        "tls, clusters, sinks, listen, state_dir"
+        f"{path}:2: aggregator.zzzzzz: unknown key; expected one of: "
+        + ", ".join(field_types(AggregatorConfig))
     )
 
 
@@ -758,7 +758,14 @@ def test_unknown_gpu_backend(tmp_path: Path) -> None:
     ],
 )
 def test_good_sinks(sink: str) -> None:
-    assert load(None, env={"TELEMETRYD_AGGREGATOR_SINKS": sink}).config.aggregator.sinks == [sink]
+    url = parse_sink_url(sink)
+    if url.kind in registry.sink_kinds():
+        assert load(None, env={"TELEMETRYD_AGGREGATOR_SINKS": sink}).config.aggregator.sinks == [
+            sink
+        ]
+    else:  # a well-formed URL of a store this version cannot write yet: said so, not crashed
+        line = only(problems(env={"TELEMETRYD_AGGREGATOR_SINKS": sink}))
+        assert f"{url.kind} sinks are not available in this version" in line
 
 
 @pytest.mark.parametrize(
@@ -994,7 +1001,7 @@ nested = {{ deep = {{ x = 1 }} }}
 [aggregator]
 broker = "mqtt://h"
 clusters = ["dc1", "dc2"]
-sinks = ["sqlite:///var/lib/t.db", "influxdb2://h:8086?org=o&bucket=b"]
+sinks = ["sqlite:///var/lib/t.db", "sqlite:///var/lib/u.db?retention_days=3"]
 listen = "[::]:9400"
 state_dir = "/srv/agg"
 """
