@@ -220,8 +220,8 @@ BAD_USAGE = [
     (["config", "check"], "telemetryd config check: Missing argument 'FILE'."),
     (
         ["config", "sample", "foo"],
-        "telemetryd config sample: Invalid value for '{agent|aggregator}': "
-        "'foo' is not one of 'agent', 'aggregator'.",
+        "telemetryd config sample: Invalid value for '{agent|aggregator|broker}': "
+        "'foo' is not one of 'agent', 'aggregator', 'broker'.",
     ),
     (["nosuch"], "telemetryd: No such command 'nosuch'."),
     (["collect", "--gpus", "abc"], "telemetryd collect: Invalid value for '--gpus': 'abc'"),
