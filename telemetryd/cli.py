@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -119,6 +119,130 @@ def collect(
         window_s=window,
         record=record,
     )
+
+
+def _common(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed([
+        click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
+                     help="TOML configuration file."),
+        click.option("--broker", metavar="URL",
+                     help="mqtt://[user@]host[:1883] or mqtts://[user@]host[:8883]."),
+        click.option("--state-dir", type=click.Path(file_okay=False),
+                     help="State directory.  [default: $STATE_DIRECTORY or /var/lib/telemetryd]"),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _serve(run: Callable[[Any, Any], Any], section: Any) -> None:
+    import asyncio
+
+    from telemetryd.service import run_until_signalled
+
+    asyncio.run(run_until_signalled(lambda stop: run(section, stop)))
+
+
+@cli.command()
+@_common
+@click.option("--node", help="This node's name.  [default: host name]")
+@click.option("--cluster", help="Cluster this node belongs to.")
+@click.option("--interval", type=float, help="Seconds between reports.")
+@click.option("--gpu-backend", metavar="auto|nvml|sim|none", help="GPU source.")
+def agent(
+    config_file: str | None,
+    broker: str | None,
+    state_dir: str | None,
+    node: str | None,
+    cluster: str | None,
+    interval: float | None,
+    gpu_backend: str | None,
+) -> None:
+    """Sample this node every interval and publish the reports over MQTT."""
+    from telemetryd import agent as agent_mod
+    from telemetryd.configload import load
+
+    loaded = load(config_file, overrides=_overrides(**{
+        "agent.broker": ("--broker", broker),
+        "agent.state_dir": ("--state-dir", state_dir),
+        "agent.node": ("--node", node),
+        "agent.cluster": ("--cluster", cluster),
+        "agent.interval": ("--interval", interval),
+        "agent.gpu_backend": ("--gpu-backend", gpu_backend),
+    }))  # fmt: skip
+    _serve(agent_mod.serve, loaded.config.agent)
+
+
+@cli.command()
+@_common
+@click.option(
+    "--sink",
+    "sinks",
+    multiple=True,
+    metavar="URL",
+    help="Where to write (repeatable): sqlite:///PATH.  [default: SQLite in the state dir]",
+)
+@click.option(
+    "--shared-group",
+    metavar="NAME",
+    help="Share the load with other aggregators through $share/NAME (MQTT 5).",
+)
+def aggregator(
+    config_file: str | None,
+    broker: str | None,
+    state_dir: str | None,
+    sinks: tuple[str, ...],
+    shared_group: str | None,
+) -> None:
+    """Consume reports from MQTT, keep the fleet's state and write them to the sinks."""
+    from telemetryd import aggregator as aggregator_mod
+    from telemetryd.configload import load
+
+    loaded = load(config_file, overrides=_overrides(**{
+        "aggregator.broker": ("--broker", broker),
+        "aggregator.state_dir": ("--state-dir", state_dir),
+        "aggregator.sinks": ("--sink", list(sinks) or None),
+        "aggregator.shared_group": ("--shared-group", shared_group),
+    }))  # fmt: skip
+    _serve(aggregator_mod.serve, loaded.config.aggregator)
+
+
+@cli.group(invoke_without_command=True)
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file ([broker] section).",
+)
+@click.option(
+    "--listen", metavar="HOST:PORT", help="Address to listen on.  [default: 127.0.0.1:1883]"
+)
+@click.pass_context
+def broker(ctx: click.Context, config_file: str | None, listen: str | None) -> None:
+    """Run the embedded MQTT broker (amqtt) for one machine or a small site."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from telemetryd import broker as broker_mod
+    from telemetryd.configload import load
+
+    loaded = load(config_file, overrides=_overrides(**{"broker.listen": ("--listen", listen)}))
+
+    async def run(cfg: Any, stop: Any) -> None:
+        await broker_mod.serve(cfg, stop=stop)
+
+    _serve(run, loaded.config.broker)
+
+
+@broker.command("passwd")
+@click.argument("user")
+def broker_passwd(user: str) -> None:
+    """Print a password-file line for USER; the password is read from standard input."""
+    from telemetryd import broker as broker_mod
+
+    password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise click.UsageError("no password on standard input")
+    click.echo(f"{user}:{broker_mod.hash_password(password)}")
 
 
 @cli.group()

@@ -134,6 +134,15 @@ class _BrokerSection(_Section):
             le=3600,
         ),
     ] = 30
+    reconnect_max: Annotated[
+        float,
+        _doc(
+            "Longest wait in seconds between reconnection attempts (the wait doubles from "
+            "0.5 s up to this, with jitter so a fleet does not reconnect in step).",
+            ge=0.5,
+            le=600,
+        ),
+    ] = 15.0
     client_id: Annotated[
         str,
         _doc(
@@ -232,9 +241,6 @@ class AggregatorConfig(_BrokerSection):
             "Empty: SQLite in the state directory."
         ),
     ] = field(default_factory=list)
-    listen: Annotated[
-        str, _doc("HOST:PORT serving /metrics, /healthz and /readyz. Empty: not served.")
-    ] = ""
     shared_group: Annotated[
         str,
         _doc(
@@ -316,8 +322,8 @@ class BrokerConfig(_Section):
     password_file: Annotated[
         str,
         _doc(
-            "User file (username:hash lines, as amqtt's passwd tool writes) for password "
-            "authentication. Empty: anonymous clients (loopback only)."
+            "User file (one 'user:hash' line each; make lines with 'telemetryd broker passwd "
+            "USER') for password authentication. Empty: anonymous clients (loopback only)."
         ),
     ] = ""
 

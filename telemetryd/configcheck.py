@@ -111,13 +111,13 @@ def _aggregator(cfg: AggregatorConfig, where: Where) -> list[str]:
                 f"{where('aggregator.sinks')}: aggregator.sinks: {url.kind} sinks are not "
                 f"available in this version; available: {', '.join(kinds)}"
             )
+            continue
+        try:  # the sink's own options (retention_days=...): factories do no I/O
+            registry.sink_factory(url.kind)(url, cfg)
+        except UrlError as exc:
+            problems.append(f"{where('aggregator.sinks')}: aggregator.sinks: {exc}")
     if cfg.shared_group and (problem := name_problem(cfg.shared_group)):
         problems.append(f"{where('aggregator.shared_group')}: aggregator.shared_group: {problem}")
-    if cfg.listen:
-        try:
-            parse_listen(cfg.listen)
-        except UrlError as exc:
-            problems.append(f"{where('aggregator.listen')}: aggregator.listen: {exc}")
     problems += _absolute(cfg.state_dir, "aggregator.state_dir", where)
     return problems
 

@@ -263,6 +263,7 @@ class Event(_Base):
         "gpu_error",
         "gpu_recovered",
         "recovery_action",
+        "gpu_missing",
     ]
     message: Text
     gpu_index: Count | None = None
@@ -322,3 +323,94 @@ decode_report = json_decoder(Report)
 def encode_report(report: Report) -> bytes:
     """Encode a report exactly as it goes on the wire."""
     return encode_json(report)
+
+
+class GpuInventory(_Base):
+    """A GPU as the agent announces it in its presence message."""
+
+    index: Count
+    uuid: Text
+    name: Text
+    pci_bus_id: Text
+
+
+class Status(_Base):
+    """Retained presence of an agent: online at connect, offline on shutdown or as its will."""
+
+    schema: Literal[1]
+    state: Literal["online", "offline"]
+    cluster: Name
+    node: Name
+    boot_id: BootId
+    time_ns: Annotated[int, Meta(gt=0)]
+    version: Text
+    interval_s: Annotated[float, Meta(gt=0, le=86_400)]
+    reason: Literal["connected", "shutdown", "lost"]
+    gpus: list[GpuInventory] = field(default_factory=list)
+    absent: dict[str, Text] | None = None
+
+
+class EventMessage(_Base):
+    """One event on ``.../event``, with the report it belongs to (for deduplication)."""
+
+    schema: Literal[1]
+    cluster: Name
+    node: Name
+    boot_id: BootId
+    seq: Count
+    event: Event
+
+
+decode_status = json_decoder(Status)
+decode_event_message = json_decoder(EventMessage)
+
+
+class FleetNode(_Base):
+    """One node as the aggregator sees it."""
+
+    node: Name
+    state: Literal["online", "offline", "silent", "unknown"]
+    last_seen_ns: Count | None = None
+    boot_id: Text | None = None
+    seq: Count | None = None
+    interval_s: Annotated[float, Meta(gt=0)] | None = None
+    gpus: Count = 0
+    gpus_failed: Count = 0
+    reports: Count = 0
+    duplicates: Count = 0
+    missing: Count = 0
+    dropped: Count = 0
+    skew_s: float | None = None
+    version: Text | None = None
+
+
+class SinkState(_Base):
+    """One sink's progress and health."""
+
+    name: Text
+    state: Literal["ok", "retrying", "starting"]
+    written: Count = 0
+    retries: Count = 0
+    rejected: Count = 0
+    lag: Count = 0
+    last_error: Text | None = None
+
+
+class FleetSummary(_Base):
+    """The aggregator's retained picture of one cluster (``telemetry/v1/<cluster>/_fleet``)."""
+
+    schema: Literal[1]
+    cluster: Name
+    time_ns: Annotated[int, Meta(gt=0)]
+    aggregator: Text
+    nodes: list[FleetNode] = field(default_factory=list)
+    received: Count = 0
+    accepted: Count = 0
+    duplicates: Count = 0
+    rejected: dict[str, Count] = field(default_factory=dict)
+    broker_dropped: Count | None = None
+    wal_bytes: Count = 0
+    sinks: list[SinkState] = field(default_factory=list)
+
+
+decode_fleet_summary = json_decoder(FleetSummary)

@@ -61,6 +61,7 @@ class Worker(Generic[T]):
                 return
             fn, future = item
             if not future.set_running_or_notify_cancel():
+                self._busy.clear()  # cancelled before it started: the worker is free again
                 continue
             # Idle again *before* the waiter wakes, or its next submit would see "busy".
             try:

@@ -1,0 +1,227 @@
+"""The one module that imports aiomqtt (and reaches paho under it): telemetryd's MQTT seam.
+
+One small surface for both roles: ``MqttSession`` is an async context manager over one
+connection, with ``publish`` (awaits the PUBACK for QoS 1), ``subscribe``, ``messages``
+and ``ack``. Everything else (spool, backoff, WAL) is ours and does not know aiomqtt.
+
+Manual acknowledgement: aiomqtt 2.x has none (empicano/aiomqtt#345), paho 2.x does. We
+switch paho's ``manual_ack`` on through aiomqtt's private ``_client`` and send each PUBACK
+ourselves after the message is durably accepted. Limits of this choice: it relies on a
+private attribute that aiomqtt 3 removes (3.x makes manual ack the only mode, so the move
+is one file); PUBACKs are sent in the order we call ``ack``, which we keep in the order of
+arrival; and the broker's in-flight window (Mosquitto's max_inflight_messages, MQTT 5
+Receive Maximum) is what bounds the unacknowledged messages held in memory.
+
+MQTT 5 by default, 3.1.1 selectable; a broker that refuses 5 (amqtt speaks 3.1.1 only)
+makes the session fall back to 3.1.1 once, with a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from telemetryd.secrets import Secret
+from telemetryd.urls import BrokerUrl
+
+log = logging.getLogger(__name__)
+
+_UNSUPPORTED_PROTOCOL = {1, 0x84}  # CONNACK: v3.1.1 code 1, v5 reason 0x84
+
+
+class MqttUnavailable(Exception):
+    """The broker cannot be reached, refused us, or the connection dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """The message the broker publishes for us if we vanish without a DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+@dataclass(slots=True)
+class MqttSettings:
+    """How to reach the broker and what kind of session to keep there."""
+
+    broker: BrokerUrl
+    client_id: str
+    version: Literal["5", "3.1.1"] = "5"
+    keepalive: int = 30
+    password: Secret | None = None
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    will: Will | None = None
+    persistent: bool = False  # keep the session (and queued messages) across disconnects
+    session_expiry: int = 0  # seconds, MQTT 5 persistent sessions
+    receive_maximum: int = 0  # MQTT 5: unacked messages the broker may send us (0: default)
+    timeout: float = 10.0
+    reconnect_max: float = 15.0  # seconds; the cap of the caller's backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A received PUBLISH; hand it back to ``ack`` once it is safe."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+
+
+def _tls_context(settings: MqttSettings) -> ssl.SSLContext | None:
+    if not settings.broker.tls:
+        return None
+    context = ssl.create_default_context(cafile=settings.ca_file or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.cert_file:
+        context.load_cert_chain(settings.cert_file, settings.key_file or None)
+    return context
+
+
+class MqttSession:
+    """One connection to the broker; re-create it to reconnect."""
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self.settings = settings
+        self._client: aiomqtt.Client | None = None
+
+    def _build(self) -> aiomqtt.Client:
+        s = self.settings
+        v5 = s.version == "5"
+        properties = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            if s.persistent:
+                properties.SessionExpiryInterval = s.session_expiry
+            if s.receive_maximum:
+                properties.ReceiveMaximum = s.receive_maximum
+        will = None
+        if s.will is not None:
+            will = aiomqtt.Will(s.will.topic, s.will.payload, qos=1, retain=s.will.retain)
+        client = aiomqtt.Client(
+            s.broker.host,
+            s.broker.port,
+            username=s.broker.username,
+            password=s.password.reveal() if s.password else None,
+            identifier=s.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=None if v5 else not s.persistent,
+            clean_start=(not s.persistent) if v5 else 3,  # 3: paho's "first connect only"
+            keepalive=s.keepalive,
+            timeout=s.timeout,
+            will=will,
+            properties=properties,
+            tls_context=_tls_context(s),
+            logger=logging.getLogger("telemetryd.mqtt.paho"),
+        )
+        # Manual PUBACK (see module docstring): private API, kept to this one line.
+        client._client.manual_ack_set(True)
+        return client
+
+    async def __aenter__(self) -> MqttSession:
+        try:
+            await self._connect()
+        except MqttConnectError as exc:
+            if self.settings.version == "5" and _rc(exc) in _UNSUPPORTED_PROTOCOL:
+                log.warning("broker %s refused MQTT 5; using MQTT 3.1.1", self.settings.broker)
+                self.settings.version = "3.1.1"
+                await self._connect()
+            else:
+                raise MqttUnavailable(f"broker {self.settings.broker} refused us: {exc}") from None
+        return self
+
+    async def _connect(self) -> None:
+        try:
+            self._client = self._build()
+            await self._client.__aenter__()
+        except MqttConnectError:
+            raise
+        except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
+            self._client = None
+            raise MqttUnavailable(f"cannot connect to {self.settings.broker}: {exc}") from None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            await asyncio.wait_for(client.__aexit__(exc_type, exc, tb), timeout=5)
+        except (aiomqtt.MqttError, TimeoutError, OSError):
+            log.debug("disconnect from %s was not clean", self.settings.broker)
+
+    def _live(self) -> aiomqtt.Client:
+        if self._client is None:
+            raise MqttUnavailable("not connected")
+        return self._client
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish and, for QoS 1, wait for the broker's PUBACK (or the connection's end).
+
+        aiomqtt's publish waits for its PUBACK until its timeout even when the connection
+        is already gone; racing it against the disconnect makes a broker restart cost a
+        moment, not the whole timeout.
+        """
+        client = self._live()
+        publishing = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain))
+        disconnected = client._disconnected  # private, like manual ack: see the docstring
+        await asyncio.wait({publishing, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+        if not publishing.done():
+            publishing.cancel()
+            raise MqttUnavailable(f"connection lost while publishing to {topic}")
+        try:
+            publishing.result()
+        except aiomqtt.MqttError as exc:
+            raise MqttUnavailable(f"publish to {topic} failed: {exc}") from None
+
+    async def subscribe(self, filters: list[str], *, qos: int = 1) -> None:
+        """Subscribe to each filter (``$share/<group>/...`` filters work on MQTT 5)."""
+        try:
+            await self._live().subscribe([(f, qos) for f in filters])
+        except aiomqtt.MqttError as exc:
+            raise MqttUnavailable(f"subscribe failed: {exc}") from None
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Received messages, in order, until the connection drops (MqttUnavailable)."""
+        try:
+            async for m in self._live().messages:
+                payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+                yield Message(str(m.topic), payload, int(m.qos), bool(m.retain), int(m.mid))
+        except aiomqtt.MqttError as exc:
+            raise MqttUnavailable(f"connection lost: {exc}") from None
+
+    def pending(self) -> int:
+        """Messages received but not yet taken from the queue."""
+        return len(self._live().messages) if self._client is not None else 0
+
+    def ack(self, message: Message) -> None:
+        """Send the PUBACK of a QoS 1 message (call in arrival order)."""
+        if message.qos > 0 and self._client is not None:
+            self._client._client.ack(message.mid, message.qos)
+
+
+def _rc(exc: MqttConnectError) -> int:
+    rc = getattr(exc, "rc", None)
+    value = getattr(rc, "value", rc)
+    return int(value) if isinstance(value, int) else -1

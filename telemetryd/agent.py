@@ -1,0 +1,285 @@
+"""``telemetryd agent``: sample on the wall-clock grid, spool, publish, announce presence.
+
+Two named tasks in one TaskGroup:
+- the sampler wakes on multiples of the interval (no drift across a fleet), samples, fills
+  in the agent's own counters, appends the report to the synced spool and hands it to
+  the publisher; a sample that overruns its slot skips the missed ticks and counts them;
+- the publisher keeps a session with the broker: on connect it announces ``online`` (the
+  Last Will says ``offline``), publishes new reports at once and drains what the spool
+  held from before oldest first at a bounded rate, and removes each report from the spool
+  only after its PUBACK. On any failure it reconnects with capped, jittered backoff.
+
+Delivery is at least once: a report published just before a crash is sent again, and the
+aggregator recognises it by (node, boot, seq).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from exporters.mqtt import MqttSession, MqttSettings, MqttUnavailable, Will
+from telemetryd import __version__, statedir
+from telemetryd.backoff import Backoff
+from telemetryd.codec import encode_json
+from telemetryd.config import AgentConfig
+from telemetryd.connect import mqtt_settings
+from telemetryd.model import (
+    SCHEMA_VERSION,
+    EventMessage,
+    GpuInventory,
+    Report,
+    Status,
+    decode_report,
+    encode_report,
+)
+from telemetryd.sampler import NodeSampler, open_sampler
+from telemetryd.service import stopped_within
+from telemetryd.spool import Entry, Spool, SpoolError, entry_name
+from telemetryd.topics import node_topic
+
+log = logging.getLogger(__name__)
+
+
+def next_tick(now: float, interval: float) -> float:
+    """The next multiple of ``interval`` (seconds since the epoch) strictly after ``now``."""
+    return (math.floor(now / interval) + 1) * interval
+
+
+class _Pending:
+    """A report on its way: its spool entry (if it made it to disk) and its bytes."""
+
+    __slots__ = ("entry", "payload")
+
+    def __init__(self, entry: Entry | None, payload: bytes) -> None:
+        self.entry = entry
+        self.payload = payload
+
+
+class Agent:
+    """The agent service; ``run`` returns after ``stop`` is set and shutdown is done."""
+
+    def __init__(
+        self,
+        sampler: NodeSampler,
+        spool: Spool,
+        settings: MqttSettings,
+        *,
+        interval: float,
+        backlog_rate: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sampler = sampler
+        self.spool = spool
+        self.settings = settings
+        self.interval = interval
+        self.backlog_rate = backlog_rate
+        self._clock = clock
+        self.cluster, self.node = sampler.cluster, sampler.node
+        self.published = 0
+        self.sessions = 0
+        self.reconnects = 0
+        self.overruns = 0
+        self.lost_unspooled = 0
+        self.connected = asyncio.Event()
+        self._busy = 0  # a sample being taken or a live report being published
+        self._live: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._gpus: list[GpuInventory] = []
+        self.settings.will = Will(
+            node_topic(self.cluster, self.node, "status"), self._status("offline", "lost")
+        )
+
+    # -- presence --------------------------------------------------------------------------
+    def _status(self, state: str, reason: str) -> bytes:
+        status = Status(
+            schema=SCHEMA_VERSION,
+            state=state,  # type: ignore[arg-type]
+            cluster=self.cluster,
+            node=self.node,
+            boot_id=self.sampler.boot_id,
+            time_ns=time.time_ns(),
+            version=__version__,
+            interval_s=self.interval,
+            reason=reason,  # type: ignore[arg-type]
+            gpus=self._gpus,
+            absent=dict(self.sampler.absent) or None,
+        )
+        return encode_json(status)
+
+    # -- sampling --------------------------------------------------------------------------
+    async def _sample_loop(self, stop: asyncio.Event) -> None:
+        seq = 0
+        while not stop.is_set():
+            tick = next_tick(self._clock(), self.interval)
+            if await stopped_within(stop, tick - self._clock()):
+                return
+            self._busy += 1
+            try:
+                report = await self.sampler.sample(seq)
+                self._stamp(report)
+                if not self._gpus and report.gpus:
+                    self._gpus = [
+                        GpuInventory(
+                            index=g.index, uuid=g.uuid, name=g.name, pci_bus_id=g.pci_bus_id
+                        )
+                        for g in report.gpus
+                    ]
+                await self._spool(report)
+            finally:
+                self._busy -= 1
+            seq += 1
+            late = self._clock() - tick
+            if late > self.interval:
+                missed = int(late // self.interval)
+                self.overruns += missed
+                log.warning("sample took %.1fs: skipped %d tick(s)", late, missed)
+
+    def _stamp(self, report: Report) -> None:
+        stats = report.agent
+        stats.spool_reports = len(self.spool)
+        stats.spool_bytes = self.spool.bytes
+        stats.published = self.published
+        stats.dropped = self.spool.dropped + self.lost_unspooled
+        stats.reconnects = self.reconnects
+        stats.overruns = self.overruns
+        stats.spool_errors = self.spool.errors
+
+    async def _spool(self, report: Report) -> None:
+        payload = encode_report(report)
+        name = entry_name(report.time_ns, report.boot_id, report.seq)
+        try:
+            entry: Entry | None = await asyncio.to_thread(self.spool.append, name, payload)
+        except SpoolError as exc:
+            log.error("%s: report %d is kept in memory only", exc, report.seq)
+            entry = None
+        if self.connected.is_set() or entry is None:
+            self._live.put_nowait(_Pending(entry, payload))
+
+    # -- publishing ------------------------------------------------------------------------
+    async def _publish(self, session: MqttSession, pending: _Pending) -> None:
+        payload = pending.payload
+        if b'"events":[' in payload:
+            report = decode_report(payload)
+            for event in report.events:
+                message = EventMessage(schema=SCHEMA_VERSION, cluster=report.cluster,
+                                       node=report.node, boot_id=report.boot_id,
+                                       seq=report.seq, event=event)  # fmt: skip
+                await session.publish(
+                    node_topic(self.cluster, self.node, "event"), encode_json(message)
+                )
+        await session.publish(node_topic(self.cluster, self.node, "report"), payload)
+        self.published += 1
+        if pending.entry is not None:
+            await asyncio.to_thread(self.spool.remove, pending.entry)
+
+    async def _live_loop(self, session: MqttSession) -> None:
+        while True:
+            pending = await self._live.get()
+            self._busy += 1
+            try:
+                await self._publish(session, pending)
+            except MqttUnavailable:
+                if pending.entry is None:  # not on disk: it cannot wait for the next session
+                    self.lost_unspooled += 1
+                raise
+            finally:
+                self._busy -= 1
+
+    async def _backlog_loop(self, session: MqttSession, backlog: list[Entry]) -> None:
+        if backlog:
+            log.info("draining %d spooled report(s) at %g/s", len(backlog), self.backlog_rate)
+        gap = 1.0 / self.backlog_rate
+        for entry in backlog:
+            if entry not in self.spool:
+                continue  # dropped over the bounds, or sent meanwhile
+            payload = await asyncio.to_thread(self.spool.read, entry)
+            if payload is None:
+                continue
+            started = time.monotonic()
+            await self._publish(session, _Pending(entry, payload))
+            await asyncio.sleep(max(0.0, gap - (time.monotonic() - started)))
+
+    async def _session(self, stop: asyncio.Event, backoff: Backoff) -> None:
+        async with MqttSession(self.settings) as session:
+            backoff.reset()
+            self.sessions += 1
+            self.reconnects = self.sessions - 1
+            status = node_topic(self.cluster, self.node, "status")
+            await session.publish(status, self._status("online", "connected"), retain=True)
+            # Everything not yet acknowledged is backlog now; what is sampled from here on
+            # is live and goes first.
+            while not self._live.empty():
+                self._live.get_nowait()
+            self.connected.set()
+            backlog = self.spool.entries()
+            try:
+                async with asyncio.TaskGroup() as group:
+                    live = group.create_task(self._live_loop(session), name="agent.live")
+                    drain = group.create_task(self._backlog_loop(session, backlog),
+                                              name="agent.backlog")  # fmt: skip
+                    await stop.wait()
+                    drain.cancel()
+                    await self._flush_live(live)
+                await session.publish(status, self._status("offline", "shutdown"), retain=True)
+            finally:
+                self.connected.clear()
+
+    async def _flush_live(self, live: asyncio.Task[None], deadline_s: float = 2.0) -> None:
+        """At shutdown, give reports already sampled a moment to reach the broker."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + deadline_s
+        while self._busy or not self._live.empty():
+            if live.done() or loop.time() >= until:
+                break
+            await asyncio.sleep(0.05)
+        live.cancel()
+
+    async def _mqtt_loop(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(cap=self.settings.reconnect_max)
+        while not stop.is_set():
+            message = ""
+            try:
+                await self._session(stop, backoff)
+            except* MqttUnavailable as group:
+                message = str(group.exceptions[0])
+            if not message:
+                return
+            delay = backoff.next()
+            log.warning("MQTT: %s; retrying in %.1fs", message, delay)
+            if await stopped_within(stop, delay):
+                return
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sample and publish until ``stop``; then announce offline and return."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._sample_loop(stop), name="agent.sample")
+            group.create_task(self._mqtt_loop(stop), name="agent.mqtt")
+
+
+async def serve(cfg: AgentConfig, stop: asyncio.Event) -> None:
+    """The whole agent: state directory, sources, spool, MQTT; returns after ``stop``."""
+    directory = statedir.resolve(cfg.state_dir)
+    lock = statedir.StateLock(directory, "agent")
+    lock.acquire()
+    sampler = open_sampler(cfg)
+    try:
+        spool = Spool(directory / "spool", max_bytes=cfg.spool_max_bytes,
+                      max_age_s=cfg.spool_max_age)  # fmt: skip
+        await asyncio.to_thread(spool.open)
+        settings = mqtt_settings(
+            cfg, client_id=f"telemetryd-agent-{sampler.cluster}-{sampler.node}"
+        )
+        agent = Agent(sampler, spool, settings, interval=cfg.interval,
+                      backlog_rate=cfg.backlog_rate)  # fmt: skip
+        log.info(
+            "agent %s/%s: %d GPU source(s), every %gs to %s, spool %s",
+            sampler.cluster, sampler.node, 1 if sampler.gpu else 0, cfg.interval,
+            settings.broker, spool.directory,
+        )  # fmt: skip
+        await agent.run(stop)
+    finally:
+        sampler.close()
+        lock.release()

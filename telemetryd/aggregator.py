@@ -1,0 +1,344 @@
+"""``telemetryd aggregator``: consume, validate, make durable, acknowledge, fan out.
+
+The order of one batch is what makes "nothing lost" true:
+1. take what the broker has delivered (up to ``batch_size``; never waiting to fill a
+   batch, so a quiet system syncs each message at once and a busy one batches itself);
+2. validate each message; refused ones go to the dead-letter file with their reason;
+   duplicates (node, boot, seq already accepted) are only counted;
+3. append the new reports to the write-ahead log and sync it, sync the dead letters;
+4. only now mark them accepted, update the fleet, hand them to the sinks,
+5. and acknowledge the whole batch to the broker, in arrival order.
+A crash before 5 means the broker sends the batch again; what step 3 already wrote is
+then recognised as duplicate. When the WAL is full (a sink down for long), step 3 waits
+and nothing is acknowledged: the broker holds the rest, bounded by its own queue limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from exporters.base import Sink
+from exporters.mqtt import Message, MqttSession, MqttSettings, MqttUnavailable
+from telemetryd import registry, statedir
+from telemetryd.backoff import Backoff
+from telemetryd.codec import encode_json
+from telemetryd.config import AggregatorConfig
+from telemetryd.connect import mqtt_settings
+from telemetryd.deadletter import DeadLetters
+from telemetryd.errors import ConfigError
+from telemetryd.fleet import Fleet, dumps
+from telemetryd.ingest import Limits, Rejected, validate
+from telemetryd.model import EventMessage, Report, Status, decode_report
+from telemetryd.names import sanitize_hostname
+from telemetryd.service import stopped_within
+from telemetryd.sinkrunner import Feed, SinkRunner, cursor_file
+from telemetryd.topics import fleet_event_topic, fleet_topic, subscriptions
+from telemetryd.urls import UrlError, parse_sink_url
+from telemetryd.wal import Wal, WalError
+
+log = logging.getLogger(__name__)
+
+SYS_DROPPED = "$SYS/broker/publish/messages/dropped"
+
+
+class Aggregator:
+    """The aggregator service; ``run`` returns after ``stop`` once everything is flushed."""
+
+    def __init__(
+        self,
+        cfg: AggregatorConfig,
+        *,
+        wal: Wal,
+        fleet: Fleet,
+        deadletters: DeadLetters,
+        sinks: list[tuple[str, Sink]],
+        settings: MqttSettings,
+        directory: Path,
+    ) -> None:
+        self.cfg = cfg
+        self.wal = wal
+        self.fleet = fleet
+        self.deadletters = deadletters
+        self.settings = settings
+        self.feed = Feed(wal, keep=max(2048, 2 * cfg.batch_size))
+        self.runners = [
+            SinkRunner(sink, self.feed, cursor_file(wal.directory, sink.name), deadletters,
+                       batch_size=cfg.batch_size)
+            for _url, sink in sinks
+        ]  # fmt: skip
+        self.limits = Limits(cfg.max_payload_bytes, cfg.max_clock_skew, cfg.max_report_age)
+        self.snapshot_path = directory / "fleet-state.json"
+        self.snapshot_index = wal.first_index
+        self.events = 0
+        self.connected = asyncio.Event()
+        self._session: MqttSession | None = None
+        self._commit_lock = asyncio.Lock()
+
+    # -- start-up: what was accepted before ------------------------------------------------
+    def recover(self) -> None:
+        """Load the last fleet snapshot and replay the WAL records written after it."""
+        if self.snapshot_path.is_file():
+            try:
+                data = json.loads(self.snapshot_path.read_bytes())
+                self.fleet.restore(data["fleet"])
+                self.snapshot_index = int(data["index"])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("fleet snapshot %s unreadable (%s); rebuilding from the WAL",
+                          self.snapshot_path, exc)  # fmt: skip
+                self.snapshot_index = self.wal.first_index
+        index = max(self.snapshot_index, self.wal.first_index)
+        replayed = 0
+        while index < self.wal.next_index:
+            for position, payload in self.wal.read(index, 1000):
+                report = decode_report(payload)
+                if self.fleet.claim(report):
+                    self.fleet.on_report(report, time.time_ns())
+                    replayed += 1
+                index = position + 1
+        if replayed:
+            log.info("replayed %d report(s) from the WAL into the fleet state", replayed)
+
+    # -- one batch -------------------------------------------------------------------------
+    async def _commit(
+        self, session: MqttSession, batch: list[Message], stop: asyncio.Event
+    ) -> None:
+        now = time.time_ns()
+        payloads: list[bytes] = []
+        reports: list[Report] = []
+        statuses: list[Status] = []
+        in_batch: set[tuple[str, str, str, int]] = set()
+        for message in batch:
+            if message.topic.startswith("$SYS/"):
+                self._broker_counter(message)
+                continue
+            self.fleet.received += 1
+            result = validate(message.topic, message.payload, self.limits, now)
+            if isinstance(result, Rejected):
+                self.deadletters.add(message.topic, result.reason, result.detail,
+                                     message.payload, now)  # fmt: skip
+            elif isinstance(result, Report):
+                key = (result.cluster, result.node, result.boot_id, result.seq)
+                if key in in_batch or self.fleet.seen(result):
+                    self.fleet.count_duplicate(result)
+                else:
+                    in_batch.add(key)
+                    payloads.append(message.payload)
+                    reports.append(result)
+            elif isinstance(result, Status):
+                statuses.append(result)
+            else:
+                self.events += 1
+        # Shielded: once the WAL write starts, the bookkeeping that follows it must happen
+        # even if the connection drops (which cancels us) - or the feed would skip records.
+        done = await asyncio.shield(self._make_durable(payloads, reports, statuses, now, stop))
+        if done is None:
+            return  # stopping with the batch unwritten: unacknowledged, sent again
+        for message in batch:
+            session.ack(message)
+        for event in done:
+            await session.publish(fleet_event_topic(event.cluster), encode_json(event))
+
+    async def _make_durable(
+        self,
+        payloads: list[bytes],
+        reports: list[Report],
+        statuses: list[Status],
+        now: int,
+        stop: asyncio.Event,
+    ) -> list[EventMessage] | None:
+        """WAL, dead letters, then the fleet: the part of a commit that must not be cut."""
+        async with self._commit_lock:
+            if payloads and not await self._append(payloads, reports, stop):
+                return None
+            await asyncio.to_thread(self.deadletters.flush)
+            fleet_events: list[EventMessage] = []
+            for report in reports:
+                self.fleet.claim(report)
+                fleet_events += self.fleet.on_report(report, now)
+            for status in statuses:
+                self.fleet.on_status(status, now)
+            return fleet_events
+
+    async def _append(
+        self, payloads: list[bytes], reports: list[Report], stop: asyncio.Event
+    ) -> bool:
+        backoff = Backoff(0.5, 10.0)
+        warned = False
+        while self.wal.full():
+            if not warned:
+                log.warning("WAL full (%d bytes): not acknowledging until the sinks catch up",
+                            self.wal.bytes)  # fmt: skip
+                warned = True
+            if await stopped_within(stop, 0.5):
+                return False
+        while True:
+            try:
+                first = await asyncio.to_thread(self.wal.append, payloads)
+            except WalError as exc:
+                log.error("%s; holding %d report(s), not acknowledged", exc, len(payloads))
+                if await stopped_within(stop, backoff.next()):
+                    return False
+                continue
+            self.feed.committed(first, reports)
+            return True
+
+    def _broker_counter(self, message: Message) -> None:
+        if message.topic == SYS_DROPPED:
+            with contextlib.suppress(ValueError):
+                self.fleet.broker_dropped = int(message.payload)
+
+    # -- the MQTT side ---------------------------------------------------------------------
+    async def _consume(self, session: MqttSession, stop: asyncio.Event) -> None:
+        queue: asyncio.Queue[Message] = asyncio.Queue()
+
+        async def receive() -> None:
+            async for message in session.messages():
+                queue.put_nowait(message)
+
+        async with asyncio.TaskGroup() as group:
+            receiver = group.create_task(receive(), name="aggregator.receive")
+            while not stop.is_set():
+                getter = asyncio.ensure_future(queue.get())
+                stopping = asyncio.ensure_future(stop.wait())
+                done, _ = await asyncio.wait(
+                    {getter, stopping, receiver}, return_when=asyncio.FIRST_COMPLETED
+                )
+                stopping.cancel()
+                if getter not in done:
+                    getter.cancel()
+                    break
+                batch = [getter.result()]
+                while len(batch) < self.cfg.batch_size and not queue.empty():
+                    batch.append(queue.get_nowait())
+                await self._commit(session, batch, stop)
+            receiver.cancel()
+
+    async def _mqtt_loop(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(cap=self.settings.reconnect_max)
+        filters = subscriptions(self.cfg.clusters, self.cfg.shared_group)
+        while not stop.is_set():
+            failure = ""
+            try:
+                async with MqttSession(self.settings) as session:
+                    await session.subscribe(filters)
+                    await session.subscribe([SYS_DROPPED], qos=0)
+                    backoff.reset()
+                    self._session = session
+                    self.connected.set()
+                    log.info("consuming %s from %s", ", ".join(filters), self.settings.broker)
+                    await self._consume(session, stop)
+            except* MqttUnavailable as group:
+                failure = str(group.exceptions[0])
+            finally:
+                self._session = None
+                self.connected.clear()
+            if failure:
+                delay = backoff.next()
+                log.warning("MQTT: %s; retrying in %.1fs", failure, delay)
+                if await stopped_within(stop, delay):
+                    return
+
+    # -- housekeeping ----------------------------------------------------------------------
+    async def _save_snapshot(self) -> None:
+        async with self._commit_lock:
+            data = {"index": self.wal.next_index, "fleet": self.fleet.snapshot()}
+        payload = dumps(data)
+        tmp = self.snapshot_path.with_suffix(".tmp")
+
+        def write() -> None:
+            tmp.write_bytes(payload)
+            os.replace(tmp, self.snapshot_path)
+
+        await asyncio.to_thread(write)
+        self.snapshot_index = int(data["index"])  # type: ignore[call-overload]
+
+    async def _publish_summaries(self) -> None:
+        session = self._session
+        if session is None:
+            return
+        states = [r.report() for r in self.runners]
+        for cluster in self.fleet.clusters():
+            summary = self.fleet.summary(cluster, rejected=dict(self.deadletters.counts),
+                                         wal_bytes=self.wal.bytes, sinks=states)  # fmt: skip
+            try:
+                await session.publish(fleet_topic(cluster), encode_json(summary), retain=True)
+            except MqttUnavailable:
+                return
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        last_summary = 0.0
+        last_snapshot = time.monotonic()
+        while not await stopped_within(stop, 0.5):
+            now = time.monotonic()
+            if now - last_snapshot >= 5.0:
+                await self._save_snapshot()
+                last_snapshot = now
+            upto = min([r.cursor for r in self.runners] + [self.snapshot_index])
+            await asyncio.to_thread(self.wal.release, upto)
+            if now - last_summary >= self.cfg.fleet_interval:
+                await self._publish_summaries()
+                last_summary = now
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop``; then let the sinks catch up briefly and save state."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for runner in self.runners:
+                    group.create_task(runner.run(stop), name=f"aggregator.sink.{runner.sink.name}")
+                group.create_task(self._mqtt_loop(stop), name="aggregator.mqtt")
+                group.create_task(self._housekeeping(stop), name="aggregator.housekeeping")
+        finally:
+            await self._save_snapshot()
+            self.wal.close()
+
+
+def make_sink(url: str, cfg: AggregatorConfig) -> Sink:
+    """Build a sink from its URL; a bad option is a configuration error, said in one line."""
+    try:
+        parsed = parse_sink_url(url)
+        return registry.sink_factory(parsed.kind)(parsed, cfg)
+    except (UrlError, KeyError) as exc:
+        raise ConfigError([f"aggregator.sinks: {exc}"]) from None
+
+
+async def serve(cfg: AggregatorConfig, stop: asyncio.Event) -> None:
+    """The whole aggregator: state directory, WAL, sinks, MQTT; returns after ``stop``."""
+    directory = statedir.resolve(cfg.state_dir)
+    lock = statedir.StateLock(directory, "aggregator")
+    lock.acquire()
+    try:
+        wal = Wal(directory / "wal", max_bytes=cfg.wal_max_bytes)
+        await asyncio.to_thread(wal.open)
+        urls = cfg.sinks or [f"sqlite://{directory / 'telemetry.db'}"]
+        sinks = [(url, make_sink(url, cfg)) for url in urls]
+        host = sanitize_hostname(socket.gethostname())
+        settings = mqtt_settings(
+            cfg,
+            client_id=f"telemetryd-aggregator-{host}",
+            persistent=True,
+            session_expiry=cfg.session_expiry,
+            receive_maximum=min(65535, 2 * cfg.batch_size),
+        )
+        aggregator = Aggregator(
+            cfg,
+            wal=wal,
+            fleet=Fleet(silent_after=cfg.silent_after, name=host),
+            deadletters=DeadLetters(
+                directory / "deadletter.jsonl", max_bytes=cfg.deadletter_max_bytes
+            ),
+            sinks=sinks,
+            settings=settings,
+            directory=directory,
+        )
+        await asyncio.to_thread(aggregator.recover)
+        log.info("aggregator: sinks %s, WAL %s", ", ".join(urls), wal.directory)
+        await aggregator.run(stop)
+    finally:
+        lock.release()

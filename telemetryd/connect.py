@@ -1,0 +1,46 @@
+"""MQTT connection settings from configuration, shared by every role that talks to the broker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from exporters.mqtt import MqttSettings, Will
+from telemetryd.config import AgentConfig, AggregatorConfig
+from telemetryd.errors import ConfigError
+from telemetryd.secrets import read_secret, secret_path
+from telemetryd.urls import parse_broker_url
+
+
+def mqtt_settings(
+    cfg: AgentConfig | AggregatorConfig,
+    *,
+    client_id: str,
+    will: Will | None = None,
+    persistent: bool = False,
+    session_expiry: int = 0,
+    receive_maximum: int = 0,
+    env: Mapping[str, str] | None = None,
+) -> MqttSettings:
+    """Settings for one role; the password is read here, from its file or credential."""
+    password_path = secret_path(cfg.password_file, "mqtt-password", env)
+    password = None
+    if password_path:
+        try:
+            password = read_secret(password_path)
+        except OSError as exc:
+            raise ConfigError([f"MQTT password file {password_path}: {exc.strerror}"]) from None
+    return MqttSettings(
+        broker=parse_broker_url(cfg.broker),
+        client_id=cfg.client_id or client_id,
+        version=cfg.mqtt_version,
+        keepalive=cfg.keepalive,
+        password=password,
+        ca_file=cfg.tls.ca_file,
+        cert_file=cfg.tls.cert_file,
+        key_file=cfg.tls.key_file,
+        will=will,
+        persistent=persistent,
+        session_expiry=session_expiry,
+        receive_maximum=receive_maximum,
+        reconnect_max=cfg.reconnect_max,
+    )

@@ -1,0 +1,198 @@
+"""Each sink reads the write-ahead log at its own pace, through its own cursor.
+
+A sink that keeps up takes reports already decoded from memory (the feed keeps the
+newest batches); one that lags or restarts reads them back from the WAL. A failed write
+is retried with capped, jittered backoff (honouring the store's Retry-After) and never
+skipped; reports the store refuses for good go to the dead-letter file with its reason.
+The cursor is saved after each committed batch, so a restart writes again at most the
+last batch, which sinks absorb because their writes are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import os
+from collections import deque
+from pathlib import Path
+
+from exporters.base import Sink, SinkError, SinkRejected
+from telemetryd.backoff import Backoff
+from telemetryd.codec import DecodeError
+from telemetryd.deadletter import DeadLetters
+from telemetryd.model import Report, SinkState, decode_report
+from telemetryd.service import stopped_within
+from telemetryd.wal import Wal
+
+log = logging.getLogger(__name__)
+
+
+class Feed:
+    """Committed reports in order: the newest in memory, all of them in the WAL."""
+
+    def __init__(self, wal: Wal, keep: int = 2048) -> None:
+        self.wal = wal
+        self._recent: deque[tuple[int, Report]] = deque(maxlen=keep)
+        self._changed = asyncio.Event()
+
+    def committed(self, first: int, reports: list[Report]) -> None:
+        """Announce a batch that is now durable in the WAL."""
+        if self._recent and self._recent[-1][0] + 1 != first:
+            self._recent.clear()  # never serve across a gap: read those from the WAL instead
+        self._recent.extend(zip(itertools.count(first), reports, strict=False))
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait(self, index: int) -> None:
+        """Return once a record at ``index`` exists."""
+        while index >= self.wal.next_index:
+            await self._changed.wait()
+
+    async def read(self, index: int, max_records: int) -> list[tuple[int, Report | None]]:
+        """Up to ``max_records`` committed reports from ``index`` on (waits for the first).
+
+        A record that does not decode (only disk damage can do that: it was validated
+        before it was written) comes back as None, so the reader moves past it.
+        """
+        await self.wait(index)
+        if self._recent and self._recent[0][0] <= index:
+            offset = index - self._recent[0][0]
+            return list(itertools.islice(self._recent, offset, offset + max_records))
+        records = await asyncio.to_thread(self.wal.read, index, max_records)
+        out: list[tuple[int, Report | None]] = []
+        for position, payload in records:
+            try:
+                out.append((position, decode_report(payload)))
+            except DecodeError as exc:
+                log.error("WAL record %d does not decode (%s); skipped", position, exc)
+                out.append((position, None))
+        return out
+
+
+def cursor_file(directory: Path, name: str) -> Path:
+    """Where a sink's cursor is kept: one file per sink, keyed by its name (its location).
+
+    The name, not the whole URL: changing an option such as retention must not make the
+    sink start over from the oldest record in the log.
+    """
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    kind = name.split(":", 1)[0]
+    return directory / f"cursor-{kind}-{digest}"
+
+
+class SinkRunner:
+    """Drives one sink from its cursor in the WAL."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        feed: Feed,
+        cursor_path: Path,
+        deadletters: DeadLetters,
+        *,
+        batch_size: int,
+    ) -> None:
+        self.sink = sink
+        self.feed = feed
+        self.cursor_path = cursor_path
+        self.deadletters = deadletters
+        self.batch_size = batch_size
+        self.cursor = self._load_cursor()
+        self.state = SinkState(name=sink.name[:256], state="starting")
+
+    def _load_cursor(self) -> int:
+        try:
+            return max(int(self.cursor_path.read_text().strip()), self.feed.wal.first_index)
+        except (OSError, ValueError):
+            return self.feed.wal.first_index
+
+    def _save_cursor(self) -> None:
+        tmp = self.cursor_path.with_name(self.cursor_path.name + ".tmp")
+        tmp.write_text(str(self.cursor))
+        os.replace(tmp, self.cursor_path)
+
+    def lag(self) -> int:
+        """Committed reports this sink has not written yet."""
+        return max(0, self.feed.wal.next_index - self.cursor)
+
+    def report(self) -> SinkState:
+        """Its state for the fleet summary."""
+        self.state.lag = self.lag()
+        return self.state
+
+    async def _open(self, stop: asyncio.Event, backoff: Backoff) -> bool:
+        while not stop.is_set():
+            try:
+                await self.sink.open()
+            except SinkError as exc:
+                self._failed(exc)
+                if await stopped_within(stop, max(backoff.next(), exc.retry_after or 0)):
+                    return False
+                continue
+            backoff.reset()
+            self.state.state = "ok"
+            return True
+        return False
+
+    def _failed(self, exc: SinkError) -> None:
+        self.state.state = "retrying"
+        self.state.retries += 1
+        if self.state.last_error != str(exc):
+            log.warning("sink %s: %s; retrying", self.sink.name, exc)
+        self.state.last_error = str(exc)[:256]
+
+    async def run(self, stop: asyncio.Event, *, drain_s: float = 3.0) -> None:
+        """Write until ``stop``; then keep writing for at most ``drain_s`` to catch up."""
+        backoff = Backoff(0.5, 60.0)
+        if not await self._open(stop, backoff):
+            return
+        draining_until: float | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if stop.is_set():
+                    draining_until = draining_until or loop.time() + drain_s
+                    if self.lag() == 0 or loop.time() > draining_until:
+                        return
+                wait = asyncio.ensure_future(self.feed.read(self.cursor, self.batch_size))
+                stopping = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({wait, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if not wait.done():
+                    wait.cancel()
+                    continue
+                items = wait.result()
+                if not items:  # the cursor points into a deleted segment: move to the oldest
+                    self.cursor = max(self.cursor, self.feed.wal.first_index)
+                    await asyncio.sleep(0.1)
+                    continue
+                await self._write(items, stop, backoff)
+        finally:
+            await self.sink.close()
+
+    async def _write(
+        self, items: list[tuple[int, Report | None]], stop: asyncio.Event, backoff: Backoff
+    ) -> bool:
+        reports = [r for _, r in items if r is not None]
+        try:
+            if reports:
+                await self.sink.write(reports)
+        except SinkRejected as exc:
+            for report, why in exc.rejected:
+                payload = report.node.encode() + b":" + str(report.seq).encode()
+                self.deadletters.add(f"sink:{self.sink.name}", "store_rejected", why, payload,
+                                     report.time_ns)  # fmt: skip
+            await asyncio.to_thread(self.deadletters.flush)
+            self.state.rejected += len(exc.rejected)
+        except SinkError as exc:
+            self._failed(exc)
+            await stopped_within(stop, max(backoff.next(), exc.retry_after or 0))
+            return False
+        backoff.reset()
+        self.state.state = "ok"
+        self.state.written += len(reports)
+        self.cursor = items[-1][0] + 1
+        await asyncio.to_thread(self._save_cursor)
+        return True

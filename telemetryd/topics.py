@@ -1,0 +1,61 @@
+"""The MQTT topic tree, in one place.
+
+``telemetry/v1/<cluster>/<node>/{report,event,status}`` from agents; the aggregator's own
+``telemetry/v1/<cluster>/_fleet`` (retained summary), ``.../_fleet/event`` and
+``.../_alerts/<fingerprint>``. Names were validated before they get here (names.py), so a
+topic built here cannot escape its place; parsing refuses anything else with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+from telemetryd.names import name_problem
+
+ROOT = "telemetry/v1"
+Kind = Literal["report", "event", "status"]
+KINDS: tuple[Kind, ...] = ("report", "event", "status")
+
+
+def node_topic(cluster: str, node: str, kind: Kind) -> str:
+    """Where an agent publishes ``kind``."""
+    return f"{ROOT}/{cluster}/{node}/{kind}"
+
+
+def fleet_topic(cluster: str) -> str:
+    """The aggregator's retained fleet summary of ``cluster``."""
+    return f"{ROOT}/{cluster}/_fleet"
+
+
+def fleet_event_topic(cluster: str) -> str:
+    """Events the aggregator itself observes (a GPU vanished from a node's inventory)."""
+    return f"{ROOT}/{cluster}/_fleet/event"
+
+
+def subscriptions(clusters: list[str], shared_group: str = "") -> list[str]:
+    """The aggregator's filters: reports, events and status of the given clusters."""
+    prefix = f"$share/{shared_group}/" if shared_group else ""
+    return [f"{prefix}{ROOT}/{c}/+/{kind}" for c in clusters for kind in KINDS]
+
+
+class NodeTopic(NamedTuple):
+    """A parsed agent topic."""
+
+    cluster: str
+    node: str
+    kind: Kind
+
+
+def parse_node_topic(topic: str) -> NodeTopic | str:
+    """Parse an agent topic, or return why it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:2]) != ROOT:
+        return f"expected {ROOT}/<cluster>/<node>/<report|event|status>"
+    cluster, node, kind = parts[2], parts[3], parts[4]
+    for what, value in (("cluster", cluster), ("node", node)):
+        problem = name_problem(value)
+        if problem:
+            return f"{what} {value!r} {problem}"
+    if kind not in KINDS:
+        return f"unknown message kind {kind!r}; expected report, event or status"
+    return NodeTopic(cluster, node, kind)

@@ -1,0 +1,148 @@
+"""Fixtures that start a REAL Mosquitto (Debian's 2.0.x) for integration tests.
+
+Usage::
+
+    pytestmark = pytest.mark.integration
+
+    def test_round_trip(mosquitto):             # started, plain, anonymous, persistent
+        client.connect(mosquitto.host, mosquitto.port)   # or mosquitto.url
+        mosquitto.restart()                     # same port, same DB
+        mosquitto.kill()                        # SIGKILL: only the last 1 s autosave survives
+
+    def test_two_sites(mosquitto_factory):
+        a = mosquitto_factory()
+        b = mosquitto_factory(extra_config=["connection to-a", f"address 127.0.0.1:{a.port}"])
+        c = mosquitto_factory(start=False)      # configure, then c.start()
+
+    def test_tls(mosquitto_factory, certs):
+        broker = mosquitto_factory(extra_config=certs.listener_lines())  # mTLS, CN = user
+        node = certs.client("node-01")          # TLSFiles(ca, cert, key); CN = node-01
+        aiomqtt.Client("127.0.0.1", broker.port,
+                       tls_params=aiomqtt.TLSParameters(**node.as_tls_kwargs()))
+        SyncClient(broker.port, tls=node)       # blocking paho helper (mosquitto.py)
+
+Every broker is stopped at teardown, pass or fail; when a test fails, the tail of each of
+its brokers' logs is added to the failure report. Without ``/usr/sbin/mosquitto`` the tests
+skip locally and fail under CI (env ``CI`` set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from tests.integration.mosquitto import (
+    Certs,
+    Mosquitto,
+    MosquittoError,
+    SyncClient,
+    TLSFiles,
+    free_port,
+    mosquitto_binary,
+)
+
+__all__ = [
+    "Certs",
+    "Mosquitto",
+    "MosquittoError",
+    "MosquittoFactory",
+    "SyncClient",
+    "TLSFiles",
+    "free_port",
+]
+
+_BROKERS = pytest.StashKey[list[Mosquitto]]()
+
+
+class MosquittoFactory(Protocol):
+    """The ``mosquitto_factory`` fixture's call signature."""
+
+    def __call__(
+        self,
+        *,
+        extra_config: Iterable[str] = (),
+        allow_anonymous: bool = True,
+        config: str | Callable[[Mosquitto], str] | None = None,
+        port: int | None = None,
+        start: bool = True,
+    ) -> Mosquitto: ...
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On failure, append each broker's log tail to the report (the log stays in tmp)."""
+    report = yield
+    if report.failed:
+        for broker in item.stash.get(_BROKERS, []):
+            report.sections.append((f"mosquitto log {broker.url}", broker.log_tail()))
+    return report
+
+
+@pytest.fixture
+def mosquitto_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Generator[MosquittoFactory, None, None]:
+    """Make (and by default start) brokers, each in its own directory; stop them all after.
+
+    ``config`` may be a whole config text or a function of the not-yet-started broker
+    (for its ``workdir``, ``port`` and ``common_lines()``) that returns one.
+    """
+    mosquitto_binary()  # skip or fail now, before the test body does anything
+    brokers = request.node.stash.setdefault(_BROKERS, [])
+
+    def make(
+        *,
+        extra_config: Iterable[str] = (),
+        allow_anonymous: bool = True,
+        config: str | Callable[[Mosquitto], str] | None = None,
+        port: int | None = None,
+        start: bool = True,
+    ) -> Mosquitto:
+        workdir = tmp_path_factory.mktemp("mosquitto")
+        broker = Mosquitto(
+            workdir,
+            port=port,
+            extra_config=extra_config,
+            allow_anonymous=allow_anonymous,
+            config=config if isinstance(config, str) or config is None else None,
+        )
+        if callable(config):
+            broker.config = config(broker)
+            broker.conf_path.write_text(broker.config)
+        brokers.append(broker)
+        if start:
+            broker.start()
+        return broker
+
+    try:
+        yield make
+    finally:
+        errors = []
+        for broker in reversed(brokers):
+            try:
+                broker.stop()
+            except Exception as exc:  # stop every broker, report after
+                errors.append(f"{broker!r}: {exc}")
+        if errors:
+            pytest.fail("could not stop mosquitto: " + "; ".join(errors))
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory: MosquittoFactory) -> Mosquitto:
+    """A started broker: plain MQTT on 127.0.0.1:<free port>, anonymous, persistent."""
+    return mosquitto_factory()
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Certs:
+    """A trustme CA with a server certificate for 127.0.0.1/localhost and client certs.
+
+    ``certs.client("node-01")`` -> ``TLSFiles(ca, cert, key)`` with CN ``node-01``;
+    ``certs.server`` for the broker; ``certs.ca_file`` to trust.
+    """
+    return Certs(tmp_path / "certs")
