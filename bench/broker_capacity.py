@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil  # noqa: TID251 - a benchmark, not product code
+import psutil
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 PAYLOAD = b"x" * 8192

@@ -24,7 +24,7 @@ import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
@@ -41,6 +41,10 @@ _UNSUPPORTED_PROTOCOL = {1, 0x84}  # CONNACK: v3.1.1 code 1, v5 reason 0x84
 
 class MqttUnavailable(Exception):
     """The broker cannot be reached, refused us, or the connection dropped."""
+
+
+class MqttRefused(MqttUnavailable):
+    """The broker answered a publish with a failure reason (MQTT 5), e.g. not authorised."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,7 @@ class MqttSession:
     def __init__(self, settings: MqttSettings) -> None:
         self.settings = settings
         self._client: aiomqtt.Client | None = None
+        self._acks: dict[int, asyncio.Future[int]] = {}
 
     def _build(self) -> aiomqtt.Client:
         s = self.settings
@@ -131,6 +136,17 @@ class MqttSession:
         )
         # Manual PUBACK (see module docstring): private API, kept to this one line.
         client._client.manual_ack_set(True)
+        # Our PUBACK waiter sees the reason code, which aiomqtt's publish throws away.
+        chained: Any = client._client.on_publish
+
+        def on_publish(*args: Any) -> None:
+            _client, _userdata, mid, reason, *_ = args
+            waiter = self._acks.pop(mid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(int(getattr(reason, "value", reason) or 0))
+            chained(*args)
+
+        client._client.on_publish = on_publish
         return client
 
     async def __aenter__(self) -> MqttSession:
@@ -184,16 +200,30 @@ class MqttSession:
         moment, not the whole timeout.
         """
         client = self._live()
-        publishing = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain))
-        disconnected = client._disconnected  # private, like manual ack: see the docstring
-        await asyncio.wait({publishing, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-        if not publishing.done():
-            publishing.cancel()
-            raise MqttUnavailable(f"connection lost while publishing to {topic}")
-        try:
-            publishing.result()
-        except aiomqtt.MqttError as exc:
-            raise MqttUnavailable(f"publish to {topic} failed: {exc}") from None
+        info = client._client.publish(topic, payload, qos, retain)
+        if info.rc != 0:
+            raise MqttUnavailable(f"publish to {topic} failed: {mqtt_error(info.rc)}")
+        if qos == 0:
+            return
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._acks[info.mid] = waiter
+        disconnected: asyncio.Future[None] = client._disconnected  # private, like manual ack
+        pending: set[asyncio.Future[Any]] = {waiter, disconnected}
+        done, _ = await asyncio.wait(
+            pending,
+            timeout=self.settings.timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if waiter not in done:
+            self._acks.pop(info.mid, None)
+            why = "connection lost" if disconnected in done else "no PUBACK in time"
+            raise MqttUnavailable(f"{why} while publishing to {topic}")
+        reason = waiter.result()
+        if reason >= 0x80:
+            raise MqttRefused(
+                f"broker refused the publish to {topic}: reason {reason:#04x} "
+                f"{REASONS.get(reason, '')}".rstrip()
+            )
 
     async def subscribe(self, filters: list[str], *, qos: int = 1) -> None:
         """Subscribe to each filter (``$share/<group>/...`` filters work on MQTT 5)."""
@@ -219,6 +249,24 @@ class MqttSession:
         """Send the PUBACK of a QoS 1 message (call in arrival order)."""
         if message.qos > 0 and self._client is not None:
             self._client._client.ack(message.mid, message.qos)
+
+
+REASONS = {
+    0x80: "unspecified error",
+    0x83: "implementation specific error",
+    0x87: "not authorized (check the broker ACL: a node may only write under its own name)",
+    0x90: "topic name invalid",
+    0x91: "packet identifier in use",
+    0x97: "quota exceeded",
+    0x99: "payload format invalid",
+}
+
+
+def mqtt_error(rc: int) -> str:
+    """The words paho uses for a client-side error code."""
+    from paho.mqtt.client import error_string
+
+    return str(error_string(rc))
 
 
 def _rc(exc: MqttConnectError) -> int:

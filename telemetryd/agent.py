@@ -19,6 +19,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 from exporters.mqtt import MqttSession, MqttSettings, MqttUnavailable, Will
@@ -44,9 +45,15 @@ from telemetryd.topics import node_topic
 log = logging.getLogger(__name__)
 
 
+MEMORY_REPORTS = 64  # reports held in memory while the disk refuses them
+
+
 def next_tick(now: float, interval: float) -> float:
     """The next multiple of ``interval`` (seconds since the epoch) strictly after ``now``."""
-    return (math.floor(now / interval) + 1) * interval
+    tick = (math.floor(now / interval) + 1) * interval
+    while tick <= now:  # decimal intervals round: never return ``now`` itself
+        tick += interval
+    return tick
 
 
 class _Pending:
@@ -87,6 +94,8 @@ class Agent:
         self.connected = asyncio.Event()
         self._busy = 0  # a sample being taken or a live report being published
         self._live: asyncio.Queue[_Pending] = asyncio.Queue()
+        # Reports the disk refused (full, read-only): kept here, bounded, sent first.
+        self._memory: deque[_Pending] = deque()
         self._gpus: list[GpuInventory] = []
         self.settings.will = Will(
             node_topic(self.cluster, self.node, "status"), self._status("offline", "lost")
@@ -155,8 +164,18 @@ class Agent:
         except SpoolError as exc:
             log.error("%s: report %d is kept in memory only", exc, report.seq)
             entry = None
-        if self.connected.is_set() or entry is None:
-            self._live.put_nowait(_Pending(entry, payload))
+        pending = _Pending(entry, payload)
+        if self.connected.is_set():
+            self._live.put_nowait(pending)
+        elif entry is None:
+            self._keep_in_memory(pending)
+
+    def _keep_in_memory(self, pending: _Pending) -> None:
+        """Hold a report that is not on disk; beyond the bound the oldest goes, counted."""
+        if len(self._memory) >= MEMORY_REPORTS:
+            self._memory.popleft()
+            self.lost_unspooled += 1
+        self._memory.append(pending)
 
     # -- publishing ------------------------------------------------------------------------
     async def _publish(self, session: MqttSession, pending: _Pending) -> None:
@@ -181,14 +200,21 @@ class Agent:
             self._busy += 1
             try:
                 await self._publish(session, pending)
-            except MqttUnavailable:
-                if pending.entry is None:  # not on disk: it cannot wait for the next session
-                    self.lost_unspooled += 1
+            except BaseException:  # the connection dropped, or we were cancelled because of it
+                if pending.entry is None:  # not on disk: it waits in memory instead
+                    self._keep_in_memory(pending)
                 raise
             finally:
                 self._busy -= 1
 
     async def _backlog_loop(self, session: MqttSession, backlog: list[Entry]) -> None:
+        while self._memory:
+            pending = self._memory.popleft()
+            try:
+                await self._publish(session, pending)
+            except BaseException:  # failed or cancelled: it is not lost, it waits again
+                self._memory.appendleft(pending)
+                raise
         if backlog:
             log.info("draining %d spooled report(s) at %g/s", len(backlog), self.backlog_rate)
         gap = 1.0 / self.backlog_rate
@@ -210,9 +236,11 @@ class Agent:
             status = node_topic(self.cluster, self.node, "status")
             await session.publish(status, self._status("online", "connected"), retain=True)
             # Everything not yet acknowledged is backlog now; what is sampled from here on
-            # is live and goes first.
+            # is live and goes first. Reports that are only in memory wait there.
             while not self._live.empty():
-                self._live.get_nowait()
+                pending = self._live.get_nowait()
+                if pending.entry is None:
+                    self._keep_in_memory(pending)
             self.connected.set()
             backlog = self.spool.entries()
             try:

@@ -28,7 +28,7 @@ from exporters.base import Sink
 from exporters.mqtt import Message, MqttSession, MqttSettings, MqttUnavailable
 from telemetryd import registry, statedir
 from telemetryd.backoff import Backoff
-from telemetryd.codec import encode_json
+from telemetryd.codec import DecodeError, encode_json
 from telemetryd.config import AggregatorConfig
 from telemetryd.connect import mqtt_settings
 from telemetryd.deadletter import DeadLetters
@@ -76,10 +76,19 @@ class Aggregator:
         self.limits = Limits(cfg.max_payload_bytes, cfg.max_clock_skew, cfg.max_report_age)
         self.snapshot_path = directory / "fleet-state.json"
         self.snapshot_index = wal.first_index
+        # Never hand out an index a reader already went past (see Wal.advance_to).
+        wal.advance_to(max([r.cursor for r in self.runners] + [self._saved_snapshot_index()]))
         self.events = 0
         self.connected = asyncio.Event()
         self._session: MqttSession | None = None
         self._commit_lock = asyncio.Lock()
+        self._summary_error = ""
+
+    def _saved_snapshot_index(self) -> int:
+        try:
+            return int(json.loads(self.snapshot_path.read_bytes())["index"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
 
     # -- start-up: what was accepted before ------------------------------------------------
     def recover(self) -> None:
@@ -96,11 +105,19 @@ class Aggregator:
         index = max(self.snapshot_index, self.wal.first_index)
         replayed = 0
         while index < self.wal.next_index:
-            for position, payload in self.wal.read(index, 1000):
-                report = decode_report(payload)
-                if self.fleet.claim(report):
-                    self.fleet.on_report(report, time.time_ns())
-                    replayed += 1
+            records = self.wal.read(index, 1000)
+            if not records:  # a gap left by corruption: skip it
+                index = self.wal.next_present(index)
+                continue
+            for position, payload in records:
+                try:
+                    report = decode_report(payload)
+                except DecodeError:
+                    log.error("WAL record %d does not decode; not replayed", position)
+                else:
+                    if self.fleet.claim(report):
+                        self.fleet.on_report(report, time.time_ns())
+                        replayed += 1
                 index = position + 1
         if replayed:
             log.info("replayed %d report(s) from the WAL into the fleet state", replayed)
@@ -157,7 +174,8 @@ class Aggregator:
         async with self._commit_lock:
             if payloads and not await self._append(payloads, reports, stop):
                 return None
-            await asyncio.to_thread(self.deadletters.flush)
+            if not await self._flush_deadletters(stop):
+                return None
             fleet_events: list[EventMessage] = []
             for report in reports:
                 self.fleet.claim(report)
@@ -187,6 +205,20 @@ class Aggregator:
                     return False
                 continue
             self.feed.committed(first, reports)
+            return True
+
+    async def _flush_deadletters(self, stop: asyncio.Event) -> bool:
+        """Sync the dead letters; a disk that refuses holds the batch, like the WAL does."""
+        backoff = Backoff(0.5, 10.0)
+        while True:
+            try:
+                await asyncio.to_thread(self.deadletters.flush)
+            except OSError as exc:
+                log.error("cannot write dead letters to %s (%s); holding the batch",
+                          self.deadletters.path, exc.strerror or exc)  # fmt: skip
+                if await stopped_within(stop, backoff.next()):
+                    return False
+                continue
             return True
 
     def _broker_counter(self, message: Message) -> None:
@@ -269,8 +301,12 @@ class Aggregator:
                                          wal_bytes=self.wal.bytes, sinks=states)  # fmt: skip
             try:
                 await session.publish(fleet_topic(cluster), encode_json(summary), retain=True)
-            except MqttUnavailable:
+            except MqttUnavailable as exc:
+                if str(exc) != self._summary_error:
+                    log.warning("fleet summary not published: %s", exc)
+                    self._summary_error = str(exc)
                 return
+            self._summary_error = ""
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         last_summary = 0.0

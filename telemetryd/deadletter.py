@@ -55,16 +55,22 @@ class DeadLetters:
             lines, self._pending = self._pending, []
         if not lines:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-        with open(self.path, "ab") as handle:
-            handle.write(b"".join(lines))
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            with open(self.path, "ab") as handle:
+                handle.write(b"".join(lines))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            with self._lock:  # not written: they go out with the next flush
+                self._pending[:0] = lines
+            raise
 
     def read(self) -> list[dict[str, object]]:
         """Every dead letter in the current file (for tests and the operator's tools)."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()]
+        text = self.path.read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.split("\n") if line]

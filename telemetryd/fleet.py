@@ -81,7 +81,7 @@ class NodeState:
     status_boot: str = ""
     last_seen_ns: int | None = None
     last_report_ns: int | None = None
-    boot_id: str | None = None
+    boot_id: str | None = None  # the boot of the latest report
     interval_s: float | None = None
     version: str | None = None
     boots: dict[str, Seqs] = field(default_factory=dict)
@@ -143,6 +143,8 @@ class Fleet:
             return []  # a late report from the spool: it is history, not the present
         state.last_seen_ns = received_ns
         state.last_report_ns = report.time_ns
+        if state.status == "offline" and report.boot_id != state.status_boot:
+            state.status, state.status_boot = "online", report.boot_id  # a newer boot reports
         state.boot_id = report.boot_id
         state.interval_s = report.interval_s
         state.version = report.agent.version
@@ -170,8 +172,23 @@ class Fleet:
     def on_status(self, status: Status, received_ns: int) -> None:
         """Presence from an agent's retained status (or its Last Will)."""
         state = self._node(status.cluster, status.node)
-        if status.state == "offline" and state.boot_id and status.boot_id != state.boot_id:
-            return  # the will of an older boot, delivered late: the node is back already
+        if (
+            status.state == "offline"
+            and state.status == "online"
+            and state.status_boot
+            not in (
+                "",
+                status.boot_id,
+            )
+        ):
+            return  # the will of an older boot, delivered late: a newer boot is online
+        if (
+            status.state == "offline"
+            and state.boot_id
+            and not state.status_boot
+            and status.boot_id != state.boot_id
+        ):
+            return  # no status seen yet, and a newer boot is reporting
         state.status = status.state
         state.status_boot = status.boot_id
         state.interval_s = state.interval_s or status.interval_s

@@ -88,7 +88,8 @@ def validate(topic: str, payload: bytes, limits: Limits, now_ns: int) -> Accepte
             return Rejected(
                 "clock_skew", f"time is {skew:.0f} s ahead (limit {limits.max_clock_skew_s:g} s)"
             )
-        if -skew > limits.max_age_s:
+        # A status is as old as its connection (or its will, built at start): no age limit.
+        if isinstance(message, Report) and -skew > limits.max_age_s:
             return Rejected(
                 "too_old", f"time is {-skew:.0f} s in the past (limit {limits.max_age_s:g} s)"
             )

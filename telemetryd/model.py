@@ -21,7 +21,7 @@ from telemetryd.names import NAME_PATTERN
 SCHEMA_VERSION: Literal[1] = 1
 
 Name = Annotated[str, Meta(pattern=NAME_PATTERN)]
-BootId = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
+BootId = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}\Z")]
 Count = Annotated[int, Meta(ge=0)]
 Bytes = Annotated[int, Meta(ge=0)]
 BytesPerS = Annotated[float, Meta(ge=0)]
@@ -35,7 +35,7 @@ Seconds = Annotated[float, Meta(ge=0)]
 Load = Annotated[float, Meta(ge=0)]  # run-queue length averaged by the kernel; no unit
 
 
-class _Base(Struct, omit_defaults=True, forbid_unknown_fields=True):
+class _Base(Struct, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """Every wire struct: absent optional fields are omitted, unknown fields refused."""
 
 
@@ -392,6 +392,7 @@ class SinkState(_Base):
     written: Count = 0
     retries: Count = 0
     rejected: Count = 0
+    skipped: Count = 0  # records lost to WAL corruption, never written
     lag: Count = 0
     last_error: Text | None = None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"  # \Z: "$" would let a final \n in
 _NAME = re.compile(NAME_PATTERN)
 _RULE = "letters, digits, '.', '-' and '_', starting with a letter or digit, at most 64 characters"
 

@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import logging
 import os
+import re
 from collections import deque
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def cursor_file(directory: Path, name: str) -> Path:
     sink start over from the oldest record in the log.
     """
     digest = hashlib.sha256(name.encode()).hexdigest()[:12]
-    kind = name.split(":", 1)[0]
+    kind = re.sub(r"[^A-Za-z0-9_-]", "_", name.split(":", 1)[0])[:32]
     return directory / f"cursor-{kind}-{digest}"
 
 
@@ -100,6 +101,7 @@ class SinkRunner:
         self.deadletters = deadletters
         self.batch_size = batch_size
         self.cursor = self._load_cursor()
+        feed.wal.advance_to(self.cursor)  # never let new records take indices we went past
         self.state = SinkState(name=sink.name[:256], state="starting")
 
     def _load_cursor(self) -> int:
@@ -164,9 +166,16 @@ class SinkRunner:
                     wait.cancel()
                     continue
                 items = wait.result()
-                if not items:  # the cursor points into a deleted segment: move to the oldest
-                    self.cursor = max(self.cursor, self.feed.wal.first_index)
-                    await asyncio.sleep(0.1)
+                if not items:  # records lost to corruption (or deleted): skip to what exists
+                    present = self.feed.wal.next_present(self.cursor)
+                    if present > self.cursor:
+                        log.error("sink %s: records %d-%d are gone from the WAL; skipped",
+                                  self.sink.name, self.cursor, present - 1)  # fmt: skip
+                        self.state.skipped += present - self.cursor
+                        self.cursor = present
+                        await asyncio.to_thread(self._save_cursor)
+                    else:
+                        await asyncio.sleep(0.1)
                     continue
                 await self._write(items, stop, backoff)
         finally:
@@ -184,15 +193,21 @@ class SinkRunner:
                 payload = report.node.encode() + b":" + str(report.seq).encode()
                 self.deadletters.add(f"sink:{self.sink.name}", "store_rejected", why, payload,
                                      report.time_ns)  # fmt: skip
-            await asyncio.to_thread(self.deadletters.flush)
+            try:
+                await asyncio.to_thread(self.deadletters.flush)
+            except OSError as error:  # kept pending: the next flush writes them
+                log.error("sink %s: dead letters not written yet: %s", self.sink.name, error)
             self.state.rejected += len(exc.rejected)
+            rejected = len(exc.rejected)
         except SinkError as exc:
             self._failed(exc)
             await stopped_within(stop, max(backoff.next(), exc.retry_after or 0))
             return False
+        else:
+            rejected = 0
         backoff.reset()
         self.state.state = "ok"
-        self.state.written += len(reports)
+        self.state.written += len(reports) - rejected
         self.cursor = items[-1][0] + 1
         await asyncio.to_thread(self._save_cursor)
         return True

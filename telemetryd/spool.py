@@ -13,6 +13,7 @@ bookkeeping to get wrong; a report every few seconds makes the per-file cost irr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -113,7 +114,11 @@ class Spool:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, payload)
+                # A nearly full disk may write part of it and say so (no error): keep
+                # writing until all of it is down or the disk refuses outright.
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -121,11 +126,15 @@ class Spool:
             self._sync_dir()
         except OSError as exc:
             self.errors += 1
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a failing disk may refuse the cleanup too
+                tmp.unlink(missing_ok=True)
             raise SpoolError(f"cannot spool to {self.directory}: {exc.strerror or exc}") from None
         entry = Entry(name, len(payload), int(name.split("-", 1)[0]))
         with self._lock:
+            newest = next(reversed(self._entries), "")
             self._entries[name] = entry
+            if name < newest:  # the clock stepped back: keep oldest-first by name
+                self._entries = dict(sorted(self._entries.items()))
             self.bytes += entry.size
             self._enforce(keep=name)
         return entry

@@ -55,7 +55,8 @@ class Wal:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self._segments: list[_Segment] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the segment table (readers and the writer)
+        self._write_lock = threading.Lock()  # one append at a time, without blocking readers
         self._fd: int | None = None
         self.corrupt_records = 0
 
@@ -64,17 +65,23 @@ class Wal:
         """Find the segments, index their records, cut a torn tail."""
         self.directory.mkdir(parents=True, exist_ok=True)
         paths = sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda p: int(p.stem))
+        lost_bound = 0
         for path in paths:
             segment = _Segment(int(path.stem), path)
-            self._scan(segment, last=path == paths[-1])
+            lost_bound = self._scan(segment, last=path == paths[-1])
             if self._segments and segment.first != self._segments[-1].end:
                 log.warning("WAL segment %s does not follow its predecessor", path)
             self._segments.append(segment)
         if not self._segments:
             self._segments.append(_Segment(0, self.directory / f"{0:020d}{SUFFIX}"))
         self._open_active()
+        if lost_bound:
+            # Records past a corrupt one in the last segment may have been read already:
+            # continue beyond the most that can have been there, never reuse their indices.
+            self.advance_to(self._segments[-1].end + lost_bound)
 
-    def _scan(self, segment: _Segment, last: bool) -> None:
+    def _scan(self, segment: _Segment, last: bool) -> int:
+        """Index the segment's records; return how many records at most were lost."""
         data = segment.path.read_bytes()
         pos = 0
         torn = False
@@ -91,12 +98,14 @@ class Wal:
         else:
             torn = pos < len(data)  # a header cut short
         segment.size = pos
+        lost = 0
         if pos == len(data):
-            return
+            return lost
         if last and torn:
             # The end of the last batch never reached its fsync, so it was never acked.
             log.warning("WAL %s: cut %d bytes of a torn write", segment.path, len(data) - pos)
         else:
+            lost = (len(data) - pos) // (_HEADER.size + 1) + 1
             self.corrupt_records += 1
             aside = segment.path.with_suffix(".corrupt")
             aside.write_bytes(data[pos:])
@@ -106,6 +115,7 @@ class Wal:
         with open(segment.path, "r+b") as handle:
             handle.truncate(pos)
             os.fsync(handle.fileno())
+        return lost if last else 0
 
     def _open_active(self) -> None:
         active = self._segments[-1]
@@ -115,6 +125,12 @@ class Wal:
     # -- writing ---------------------------------------------------------------------------
     def append(self, payloads: list[bytes]) -> int:
         """Append and sync a batch; return the index of its first record."""
+        if any(not p for p in payloads):
+            raise ValueError("WAL records are never empty (an empty one reads as a torn write)")
+        with self._write_lock:
+            return self._append(payloads)
+
+    def _append(self, payloads: list[bytes]) -> int:
         if self._fd is None:
             raise WalError("WAL is not open")
         with self._lock:
@@ -157,6 +173,8 @@ class Wal:
     # -- reading ---------------------------------------------------------------------------
     def read(self, index: int, max_records: int) -> list[tuple[int, bytes]]:
         """Up to ``max_records`` records from ``index`` on (fewer at a segment's end)."""
+        if max_records <= 0:
+            return []
         with self._lock:
             segment = next((s for s in self._segments if s.first <= index < s.end), None)
             if segment is None:
@@ -175,6 +193,33 @@ class Wal:
             begin = offset - base + _HEADER.size
             out.append((index + i, data[begin : begin + length]))
         return out
+
+    def next_present(self, index: int) -> int:
+        """The first index at or after ``index`` that exists.
+
+        Records lost to corruption, or deleted, are skipped; ``next_index`` when there is
+        none yet.
+        """
+        with self._lock:
+            for segment in self._segments:
+                if index < segment.end:
+                    return max(index, segment.first)
+            return self._segments[-1].end
+
+    def advance_to(self, index: int) -> None:
+        """Make the next record's index at least ``index``.
+
+        After corruption cut the last segment short, indices past the cut may already be
+        known to readers (a sink's cursor); reusing them would hide new records from them.
+        """
+        with self._write_lock, self._lock:
+            if index <= self._segments[-1].end:
+                return
+            log.warning("WAL: continuing at record %d (records up to there were lost)", index)
+            if self._fd is not None:
+                os.close(self._fd)
+            self._segments.append(_Segment(index, self.directory / f"{index:020d}{SUFFIX}"))
+            self._open_active()
 
     # -- trimming --------------------------------------------------------------------------
     def release(self, upto: int) -> int:
