@@ -28,7 +28,7 @@ skip locally and fail under CI (env ``CI`` set).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -146,3 +146,15 @@ def certs(tmp_path: Path) -> Certs:
     ``certs.server`` for the broker; ``certs.ca_file`` to trust.
     """
     return Certs(tmp_path / "certs")
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    """Kill any telemetryd process a test left running, whatever happened."""
+    from tests.integration.pipeline import RUNNING
+
+    yield
+    while RUNNING:
+        service = RUNNING.pop()
+        if service.alive():
+            service.kill()

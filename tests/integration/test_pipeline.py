@@ -14,7 +14,6 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from tests.integration.pipeline import (
-    RUNNING,
     Witness,
     agent,
     aggregator,
@@ -57,15 +56,6 @@ def assert_no_loss(keys, nodes):
     for (node, boot), seqs in boots.items():
         assert seqs[0] == 0, f"{node}/{boot} starts at {seqs[0]}"
         assert holes(seqs) == 0, f"{node}/{boot} misses {holes(seqs)} report(s)"
-
-
-@pytest.fixture(autouse=True)
-def _no_orphans():
-    yield
-    while RUNNING:
-        service = RUNNING.pop()
-        if service.alive():
-            service.kill()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 
 from tests.integration.mosquitto import free_port, make_password_file
 from tests.integration.pipeline import (
-    RUNNING,
     Service,
     _env,
     agent,
@@ -28,15 +27,6 @@ from tests.integration.pipeline import (
 from tests.integration.test_broker_security import OPERATOR_PASSWORD, example_config
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def _no_orphans():
-    yield
-    while RUNNING:
-        service = RUNNING.pop()
-        if service.alive():
-            service.kill()
 
 
 def _agent_row(tmp, column):

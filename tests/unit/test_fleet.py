@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import itertools
 import json
 
@@ -11,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telemetryd.codec import encode_json
-from telemetryd.config import AgentConfig
 from telemetryd.fleet import Fleet, NodeState, Seqs, dumps
 from telemetryd.model import (
     GpuError,
@@ -22,24 +19,13 @@ from telemetryd.model import (
     decode_event_message,
     decode_fleet_summary,
     decode_report,
-    encode_report,
 )
-from telemetryd.sampler import open_sampler
+from tests.reports import sampled
 
 S = 1_000_000_000
 T = 1_800_000_000 * S
 BOOT_A = "a" * 32
 BOOT_B = "b" * 32
-
-
-@functools.cache
-def sampled() -> bytes:
-    """One simulated 8-GPU report, on the wire (sampled once per test module)."""
-    sampler = open_sampler(AgentConfig(node="n1", cluster="c1", gpu_backend="sim", collectors=[]))
-    try:
-        return encode_report(asyncio.run(sampler.sample(seq=0)))
-    finally:
-        sampler.close()
 
 
 def report(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 
 import pytest
@@ -11,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telemetryd.codec import encode_json
-from telemetryd.config import AgentConfig
 from telemetryd.ingest import REASONS, Limits, Rejected, validate
 from telemetryd.model import (
     Event,
@@ -22,7 +19,7 @@ from telemetryd.model import (
     decode_report,
     encode_report,
 )
-from telemetryd.sampler import open_sampler
+from tests.reports import sampled
 
 S = 1_000_000_000
 NOW = 1_800_000_000 * S
@@ -31,15 +28,6 @@ BOOT = "0123456789abcdef0123456789abcdef"
 REPORT_TOPIC = "telemetry/v1/c1/n1/report"
 STATUS_TOPIC = "telemetry/v1/c1/n1/status"
 EVENT_TOPIC = "telemetry/v1/c1/n1/event"
-
-
-@functools.cache
-def sampled() -> bytes:
-    sampler = open_sampler(AgentConfig(node="n1", cluster="c1", gpu_backend="sim", collectors=[]))
-    try:
-        return encode_report(asyncio.run(sampler.sample(seq=0)))
-    finally:
-        sampler.close()
 
 
 def report(**changes: object) -> Report:

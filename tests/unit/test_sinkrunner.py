@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,25 +12,15 @@ import pytest
 from exporters.base import SinkError, SinkRejected
 from telemetryd import sinkrunner
 from telemetryd.backoff import Backoff
-from telemetryd.config import AgentConfig
 from telemetryd.deadletter import DeadLetters
 from telemetryd.model import Report, decode_report, encode_report
-from telemetryd.sampler import open_sampler
 from telemetryd.sinkrunner import Feed, SinkRunner, cursor_file
 from telemetryd.wal import Wal
+from tests.reports import sampled
 
 S = 1_000_000_000
 T = 1_800_000_000 * S
 BOOT = "0123456789abcdef0123456789abcdef"
-
-
-@functools.cache
-def sampled() -> bytes:
-    sampler = open_sampler(AgentConfig(node="n1", cluster="c1", gpu_backend="sim", collectors=[]))
-    try:
-        return encode_report(asyncio.run(sampler.sample(seq=0)))
-    finally:
-        sampler.close()
 
 
 def report(seq: int) -> Report:
