@@ -74,6 +74,7 @@ class MqttSettings:
     receive_maximum: int = 0  # MQTT 5: unacked messages the broker may send us (0: default)
     timeout: float = 10.0
     reconnect_max: float = 15.0  # seconds; the cap of the caller's backoff
+    max_pending: int = 0  # received, not yet taken: reading pauses at this many (0: no bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,8 @@ class MqttSession:
         self.settings = settings
         self._client: aiomqtt.Client | None = None
         self._acks: dict[int, asyncio.Future[int]] = {}
+        self._paused = False
+        self._consuming = False
 
     def _build(self) -> aiomqtt.Client:
         s = self.settings
@@ -147,6 +150,17 @@ class MqttSession:
             chained(*args)
 
         client._client.on_publish = on_publish
+        if s.max_pending:
+            received: Any = client._client.on_message
+
+            def on_message(*args: Any) -> None:
+                received(*args)
+                # Only once someone takes messages: before that a pause would also hold
+                # back the SUBACK we are waiting for (a resumed session's backlog comes first).
+                if self._consuming and client._queue.qsize() >= s.max_pending:
+                    self.pause_reading()
+
+            client._client.on_message = on_message
         return client
 
     async def __aenter__(self) -> MqttSession:
@@ -234,12 +248,63 @@ class MqttSession:
 
     async def messages(self) -> AsyncIterator[Message]:
         """Received messages, in order, until the connection drops (MqttUnavailable)."""
+        client = self._live()
+        low = self.settings.max_pending // 4
+        self._consuming = True
         try:
-            async for m in self._live().messages:
+            async for m in client.messages:
                 payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
                 yield Message(str(m.topic), payload, int(m.qos), bool(m.retain), int(m.mid))
+                if self._paused and client._queue.qsize() <= low:
+                    self.resume_reading()
         except aiomqtt.MqttError as exc:
             raise MqttUnavailable(f"connection lost: {exc}") from None
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket: TCP flow control then holds the broker back.
+
+        The broker's in-flight window is not a reliable bound (Mosquitto 2.0.11 overruns
+        it when draining a persistent session's backlog; see docs/delivery.md), so with
+        ``max_pending`` set the session pauses itself when that many messages wait, and
+        resumes as they are taken.
+        """
+        client = self._client
+        if client is None or self._paused:
+            return
+        sock = client._client.socket()
+        if sock is not None:
+            client._loop.remove_reader(sock.fileno())
+            self._paused = True
+
+    def resume_reading(self) -> None:
+        """Read again, with the same reader aiomqtt registers at connect."""
+        client = self._client
+        if client is None or not self._paused:
+            return
+        self._paused = False
+        sock = client._client.socket()
+        if sock is None:
+            return
+        paho = client._client
+
+        def read() -> None:
+            try:
+                while True:
+                    paho.loop_read()
+                    pending = getattr(paho._sock, "pending", None)  # TLS may hold decoded bytes
+                    if pending is None or pending() <= 0:
+                        break
+            except Exception as exc:  # noqa: BLE001 - as aiomqtt's own reader: ends the session
+                if not client._disconnected.done():
+                    client._disconnected.set_exception(exc)
+
+        client._loop.add_reader(sock.fileno(), read)
+        read()  # what arrived while paused
+
+    @property
+    def paused(self) -> bool:
+        """Whether reading is paused."""
+        return self._paused
 
     def pending(self) -> int:
         """Messages received but not yet taken from the queue."""

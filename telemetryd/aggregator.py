@@ -228,11 +228,13 @@ class Aggregator:
 
     # -- the MQTT side ---------------------------------------------------------------------
     async def _consume(self, session: MqttSession, stop: asyncio.Event) -> None:
-        queue: asyncio.Queue[Message] = asyncio.Queue()
+        # Bounded: when it is full the session stops reading the socket (max_pending), so
+        # memory stays bounded whatever the broker sends.
+        queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=2 * self.cfg.batch_size)
 
         async def receive() -> None:
             async for message in session.messages():
-                queue.put_nowait(message)
+                await queue.put(message)
 
         async with asyncio.TaskGroup() as group:
             receiver = group.create_task(receive(), name="aggregator.receive")
@@ -361,6 +363,7 @@ async def serve(cfg: AggregatorConfig, stop: asyncio.Event) -> None:
             persistent=True,
             session_expiry=cfg.session_expiry,
             receive_maximum=min(65535, 2 * cfg.batch_size),
+            max_pending=cfg.batch_size,
         )
         aggregator = Aggregator(
             cfg,

@@ -19,6 +19,7 @@ def mqtt_settings(
     persistent: bool = False,
     session_expiry: int = 0,
     receive_maximum: int = 0,
+    max_pending: int = 0,
     env: Mapping[str, str] | None = None,
 ) -> MqttSettings:
     """Settings for one role; the password is read here, from its file or credential."""
@@ -43,4 +44,5 @@ def mqtt_settings(
         session_expiry=session_expiry,
         receive_maximum=receive_maximum,
         reconnect_max=cfg.reconnect_max,
+        max_pending=max_pending,
     )

@@ -128,14 +128,15 @@ def test_mutual_tls_with_the_example_acl(tmp_path, site):
     assert "not published" not in agg.tail(200)
 
 
-def _summary(port, cluster="c1"):
+def _summary(port, cluster="c1", until=lambda summary: True):
+    """The newest retained fleet summary once ``until`` holds for it."""
     got = []
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="reader")
     client.on_message = lambda _c, _u, m: got.append(json.loads(m.payload))
     client.on_connect = lambda c, *_: c.subscribe(f"telemetry/v1/{cluster}/_fleet", 1)
     client.connect("127.0.0.1", port)
     client.loop_start()
-    wait_until(lambda: bool(got), 15, "a fleet summary")
+    wait_until(lambda: bool(got) and until(got[-1]), 15, "the expected fleet summary")
     client.loop_stop()
     client.disconnect()
     return got[-1]
@@ -148,7 +149,7 @@ def test_whole_pipeline_through_the_embedded_broker(tmp_path):
     ).start()
     wait_until(lambda: _accepts(port), 15, "the embedded broker")
     url = f"mqtt://127.0.0.1:{port}"
-    agg = aggregator(tmp_path, url).start().wait_log("consuming")
+    agg = aggregator(tmp_path, url, fleet_interval="1").start().wait_log("consuming")
     agents = [agent(tmp_path, url, f"n{i}").start() for i in range(2)]
     time.sleep(4)
     for a in agents:
@@ -157,8 +158,12 @@ def test_whole_pipeline_through_the_embedded_broker(tmp_path):
     boots = by_boot(stored(tmp_path))
     assert {node for node, _ in boots} == {"n0", "n1"}
     assert all(seqs[0] == 0 and holes(seqs) == 0 for seqs in boots.values())
-    summary = _summary(port)
-    assert {n["node"]: n["state"] for n in summary["nodes"]} == {"n0": "offline", "n1": "offline"}
+
+    def states(summary):
+        return {n["node"]: n["state"] for n in summary["nodes"]}
+
+    summary = _summary(port, until=lambda s: set(states(s).values()) == {"offline"})
+    assert states(summary) == {"n0": "offline", "n1": "offline"}
     assert "MQTT 3.1.1" in agents[0].tail(100)  # amqtt speaks 3.1.1: the agent fell back
     assert agg.stop() == 0, agg.tail()
     assert broker.stop() == 0, broker.tail()
@@ -178,3 +183,60 @@ def test_python_m_telemetryd_broker_help():
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "embedded MQTT broker" in out.stdout
+
+
+def test_broker_drops_are_counted_in_the_fleet_summary(tmp_path, mosquitto_factory):
+    # A broker with a tiny queue for offline sessions: it will drop, and must be seen to.
+    broker = mosquitto_factory(extra_config=["max_queued_messages 5"])
+    url = broker.url
+    agg = aggregator(tmp_path, url, fleet_interval="1").start().wait_log("consuming")
+    assert agg.stop() == 0  # its session stays, queueing at most 5 for it
+    a = agent(tmp_path, url, "n0", interval=0.1).start()
+    wait_until(lambda: "agent c1/n0" in a.tail(), 10, "the agent")
+    time.sleep(3)  # ~30 reports for an offline aggregator that may queue 5
+    assert a.stop() == 0
+    agg = aggregator(tmp_path, url, fleet_interval="1").start().wait_log("consuming")
+    summary = _summary(broker.port, until=lambda s: (s.get("broker_dropped") or 0) > 0)
+    assert summary["broker_dropped"] >= 20
+    # The broker kept the first few and dropped the rest: a loss at the tail, which no
+    # sequence hole can show; the broker's own counter is what makes it visible.
+    (seqs,) = by_boot(stored(tmp_path)).values()
+    assert len(seqs) <= 5 < summary["broker_dropped"]
+    assert agg.stop() == 0
+
+
+def test_gpu_events_travel_on_their_topic_and_into_the_store(tmp_path, mosquitto):
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text('[[fault]]\nat = 1\ngpu = 1\nkind = "xid"\ncode = 79\nduration = 2\n')
+    events = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="events")
+    client.on_message = lambda _c, _u, m: events.append(json.loads(m.payload))
+    client.on_connect = lambda c, *_: c.subscribe("telemetry/v1/c1/+/event", 1)
+    client.connect("127.0.0.1", mosquitto.port)
+    client.loop_start()
+    agg = aggregator(tmp_path, mosquitto.url).start().wait_log("consuming")
+    a = agent(tmp_path, mosquitto.url, "n0", sim_scenario=str(scenario)).start()
+    wait_until(lambda: any(e["event"]["kind"] == "gpu_recovered" for e in events), 20,
+               "the XID, the GPU lost and its recovery")  # fmt: skip
+    client.loop_stop()
+    client.disconnect()
+    assert a.stop() == 0
+    kinds = [(e["event"]["kind"], e["event"].get("code")) for e in events]
+    assert kinds.count(("xid", 79)) == 1  # once, not a sticky gauge
+    assert ("gpu_lost", None) in kinds and ("gpu_recovered", None) in kinds
+    xid = next(e for e in events if e["event"]["kind"] == "xid")
+    assert xid["node"] == "n0" and xid["event"]["gpu_index"] == 1
+    assert "fallen off the bus" in xid["event"]["message"]
+
+    import sqlite3
+
+    def stored_events():
+        db = sqlite3.connect(tmp_path / "aggregator" / "telemetry.db")
+        try:
+            return db.execute("SELECT kind, code, gpu_index FROM event ORDER BY time_ns").fetchall()
+        finally:
+            db.close()
+
+    wait_until(lambda: ("xid", 79, 1) in stored_events(), 10, "the XID in the store")
+    assert stored_events().count(("xid", 79, 1)) == 1
+    assert agg.stop() == 0
