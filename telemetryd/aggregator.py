@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import socket
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from telemetryd.codec import DecodeError, encode_json
 from telemetryd.config import AggregatorConfig
 from telemetryd.connect import mqtt_settings
 from telemetryd.deadletter import DeadLetters
+from telemetryd.durable import replace_file
 from telemetryd.errors import ConfigError
 from telemetryd.fleet import Fleet, dumps
 from telemetryd.ingest import Limits, Rejected, validate
@@ -283,14 +283,7 @@ class Aggregator:
     async def _save_snapshot(self) -> None:
         async with self._commit_lock:
             data = {"index": self.wal.next_index, "fleet": self.fleet.snapshot()}
-        payload = dumps(data)
-        tmp = self.snapshot_path.with_suffix(".tmp")
-
-        def write() -> None:
-            tmp.write_bytes(payload)
-            os.replace(tmp, self.snapshot_path)
-
-        await asyncio.to_thread(write)
+        await asyncio.to_thread(replace_file, self.snapshot_path, dumps(data))
         self.snapshot_index = int(data["index"])  # type: ignore[call-overload]
 
     async def _publish_summaries(self) -> None:

@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import itertools
 import logging
-import os
 import re
 from collections import deque
 from pathlib import Path
@@ -23,6 +22,7 @@ from exporters.base import Sink, SinkError, SinkRejected
 from telemetryd.backoff import Backoff
 from telemetryd.codec import DecodeError
 from telemetryd.deadletter import DeadLetters
+from telemetryd.durable import replace_file
 from telemetryd.model import Report, SinkState, decode_report
 from telemetryd.service import stopped_within
 from telemetryd.wal import Wal
@@ -111,9 +111,7 @@ class SinkRunner:
             return self.feed.wal.first_index
 
     def _save_cursor(self) -> None:
-        tmp = self.cursor_path.with_name(self.cursor_path.name + ".tmp")
-        tmp.write_text(str(self.cursor))
-        os.replace(tmp, self.cursor_path)
+        replace_file(self.cursor_path, str(self.cursor).encode())
 
     def lag(self) -> int:
         """Committed reports this sink has not written yet."""

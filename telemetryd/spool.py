@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from telemetryd.durable import fsync_dir, replace_file, write_all
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".json"
@@ -114,16 +116,12 @@ class Spool:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                # A nearly full disk may write part of it and say so (no error): keep
-                # writing until all of it is down or the disk refuses outright.
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, payload)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            self._sync_dir()
+            fsync_dir(self.directory)
         except OSError as exc:
             self.errors += 1
             with contextlib.suppress(OSError):  # a failing disk may refuse the cleanup too
@@ -183,16 +181,7 @@ class Spool:
             self._save_state()
 
     def _save_state(self) -> None:
-        tmp = self.directory / (_STATE + ".tmp")
         try:
-            tmp.write_text(json.dumps({"dropped": self.dropped}))
-            os.replace(tmp, self.directory / _STATE)
+            replace_file(self.directory / _STATE, json.dumps({"dropped": self.dropped}).encode())
         except OSError as exc:
             log.warning("cannot save the spool's drop counter: %s", exc)
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -24,6 +24,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from telemetryd.durable import fsync_dir, write_all
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
@@ -120,7 +122,7 @@ class Wal:
     def _open_active(self) -> None:
         active = self._segments[-1]
         self._fd = os.open(active.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._sync_dir()
+        fsync_dir(self.directory)
 
     # -- writing ---------------------------------------------------------------------------
     def append(self, payloads: list[bytes]) -> int:
@@ -145,9 +147,7 @@ class Wal:
                 chunks.append(payload)
                 pos += _HEADER.size + len(payload)
         try:
-            buffer = memoryview(b"".join(chunks))
-            while buffer:
-                buffer = buffer[os.write(self._fd, buffer) :]
+            write_all(self._fd, b"".join(chunks))
             os.fsync(self._fd)
         except OSError as exc:
             # An unknown part may be on disk: cut back to the last good size before retrying.
@@ -256,10 +256,3 @@ class Wal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

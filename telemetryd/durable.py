@@ -1,0 +1,38 @@
+"""The few file operations durability rests on, written once.
+
+A write can be short on a nearly full disk without raising, a rename is only durable
+once its directory is synced, and a small state file must never be seen half-written:
+the spool, the WAL and the aggregator's state files all depend on getting these right.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte (a short write is retried until the disk refuses outright)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (a new or renamed file) survive a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Swap in a small state file whole: readers see the old content or the new one.
+
+    No fsync: these files (cursors, counters, snapshots) may go back to an older
+    version after a power loss, which only means some work is done twice.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
