@@ -301,15 +301,6 @@ class MqttSession:
         client._loop.add_reader(sock.fileno(), read)
         read()  # what arrived while paused
 
-    @property
-    def paused(self) -> bool:
-        """Whether reading is paused."""
-        return self._paused
-
-    def pending(self) -> int:
-        """Messages received but not yet taken from the queue."""
-        return len(self._live().messages) if self._client is not None else 0
-
     def ack(self, message: Message) -> None:
         """Send the PUBACK of a QoS 1 message (call in arrival order)."""
         if message.qos > 0 and self._client is not None:
