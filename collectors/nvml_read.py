@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from telemetryd.clock_events import reason_name
 from telemetryd.model import Gpu, GpuError, GpuProcess, MigDevice
 
 log = logging.getLogger(__name__)
@@ -41,19 +42,6 @@ POLICY_POWER, POLICY_THERMAL = 0, 1
 RETIRED_SBE, RETIRED_DBE = 0, 1
 GPM_METRICS_GET_VERSION = 1
 
-CLOCK_EVENTS = {
-    0x1: "gpu_idle",
-    0x2: "clocks_setting",
-    0x4: "sw_power_cap",
-    0x8: "hw_slowdown",
-    0x10: "sync_boost",
-    0x20: "sw_thermal",
-    0x40: "hw_thermal",
-    0x80: "hw_power_brake",
-    0x100: "display_clocks",
-    0x200: "board_limit",
-    0x400: "reliability",
-}
 ARCHS = {
     2: "kepler",
     3: "maxwell",
@@ -334,9 +322,7 @@ class DeviceReader:
             mask = self.call(fn)
         if mask is not None:
             gpu.clock_event_reasons = [
-                CLOCK_EVENTS.get(1 << bit, f"bit_{1 << bit:#x}")
-                for bit in range(64)
-                if mask & (1 << bit)
+                reason_name(1 << bit) for bit in range(64) if mask & (1 << bit)
             ]
 
     def _fields(self, gpu: Gpu) -> None:

@@ -33,11 +33,22 @@ class SinkError(Exception):
 
 
 class SinkRejected(Exception):
-    """The store refused these reports for good; the others in the batch were written."""
+    """The store refused some items for good; the others in the batch were written.
 
-    def __init__(self, rejected: Sequence[tuple[Report, str]]) -> None:
-        super().__init__(f"{len(rejected)} report(s) refused by the store")
+    ``rejected`` are whole reports (not written at all); ``lines`` are single points of
+    a line-protocol store (the rest of their report was written). Both are set aside in
+    the dead-letter file with the store's reason, never retried.
+    """
+
+    def __init__(
+        self,
+        rejected: Sequence[tuple[Report, str]] = (),
+        *,
+        lines: Sequence[tuple[bytes, str]] = (),
+    ) -> None:
+        super().__init__(f"{len(rejected)} report(s) and {len(lines)} line(s) refused by the store")
         self.rejected = list(rejected)
+        self.lines = list(lines)
 
 
 class Sink(Protocol):
@@ -56,6 +67,15 @@ class Sink(Protocol):
     async def close(self) -> None:
         """Flush and release; safe after a failed or no ``open``."""
         ...
+
+
+class LineStats(Protocol):
+    """What a line-protocol sink counts, shown per sink in /metrics and the fleet summary."""
+
+    lines_written: int
+    lines_retried: int
+    lines_set_aside: int
+    fields_dropped: int
 
 
 SinkFactory = Callable[["SinkUrl", "AggregatorConfig"], Sink]

@@ -1,13 +1,13 @@
 """The SQLite sink's tables, derived from the wire model, and the rows a batch becomes.
 
-Why derived: the report gains fields over time, and a store whose columns are a hand-kept
-list silently drops every field nobody remembered to add. Here each scalar field of a
-struct (number, bool, text, after unwrapping ``X | None`` and ``Annotated``) becomes a
-column of the same name; every other field (lists, dicts, structs without a table of
-their own) goes into one ``details`` JSON column of the row, so nothing in a report is
-ever lost on its way into SQLite. A column that a newer model adds to an existing
-database is added on open (``ALTER TABLE ... ADD COLUMN``, nullable, so it is instant);
-``SCHEMA_VERSION`` only changes when keys or tables change shape.
+Why derived (telemetryd/fields.py): the report gains fields over time, and a store whose
+columns are a hand-kept list silently drops every field nobody remembered to add. Here each
+scalar field of a struct (number, bool, text, after unwrapping ``X | None`` and
+``Annotated``) becomes a column of the same name; every other field (lists, dicts,
+structs without a table of their own) goes into one ``details`` JSON column of the row,
+so nothing in a report is ever lost on its way into SQLite. A column that a newer model
+adds to an existing database is added on open (``ALTER TABLE ... ADD COLUMN``, nullable,
+so it is instant); ``SCHEMA_VERSION`` only changes when keys or tables change shape.
 
 Why every key starts with ``time_ns``: the key is what makes a write idempotent, but its
 column order is also the order rows are stored in. Keyed ``(node, gpu_index, time_ns)``,
@@ -27,14 +27,12 @@ attribute access (``operator.attrgetter``) because row building is the sink's ho
 from __future__ import annotations
 
 import math
-import types
-import typing
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import attrgetter
-from typing import Any, Literal
+from typing import Any
 
-from telemetryd.codec import Struct, encode_json
+from telemetryd.codec import encode_json
+from telemetryd.fields import Fields, split_fields
 from telemetryd.model import AgentStats, Event, Gpu, Host, Report
 from telemetryd.urls import SinkUrl, UrlError
 
@@ -47,67 +45,12 @@ primary key as distinct, so a NULL there would let the same event be stored twic
 
 Row = tuple[Any, ...]
 _SQL_TYPES: dict[type, str] = {bool: "INTEGER", int: "INTEGER", float: "REAL", str: "TEXT"}
+"""``bool`` is INTEGER: SQLite has no boolean, and the driver binds True/False as 1/0."""
 
 
-def sql_type(hint: Any) -> str | None:
-    """The column type of a scalar field's type hint, or None if the field is not scalar.
-
-    ``bool`` is INTEGER: SQLite has no boolean, and the driver binds True/False as 1/0.
-    """
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return sql_type(args[0]) if len(args) == 1 else None
-    if origin is typing.Annotated:
-        return sql_type(typing.get_args(hint)[0])
-    if origin is Literal:
-        kinds = {type(a) for a in typing.get_args(hint)}
-        return _SQL_TYPES.get(kinds.pop()) if len(kinds) == 1 else None
-    return _SQL_TYPES.get(hint) if isinstance(hint, type) else None
-
-
-def _optional(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in (
-        typing.get_args(hint)
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Fields:
-    """How one struct's fields are stored: scalar columns, and fields kept as JSON."""
-
-    scalars: tuple[tuple[str, str], ...]
-    """(field name, SQL type), in declaration order; the column has the field's name."""
-    nested: tuple[tuple[str, bool], ...]
-    """(field name, optional) of the fields stored in ``details``. For an optional list an
-    empty list is kept (the source answered "none", which is not "unknown"); for a list
-    that defaults to empty, empty means nothing to say and is left out."""
-
-    def getter(self) -> Callable[[Any], Row]:
-        """A function returning the scalar values of an instance as a tuple, in order."""
-        names = [name for name, _ in self.scalars]
-        if not names:
-            return lambda _obj: ()
-        if len(names) == 1:
-            one = attrgetter(names[0])
-            return lambda obj: (one(obj),)
-        return attrgetter(*names)
-
-
-def split_fields(struct: type[Struct], skip: Collection[str] = ()) -> Fields:
-    """Classify every field of ``struct`` except ``skip`` as a column or a JSON detail."""
-    hints = typing.get_type_hints(struct)
-    scalars: list[tuple[str, str]] = []
-    nested: list[tuple[str, bool]] = []
-    for name in struct.__struct_fields__:
-        if name in skip:
-            continue
-        kind = sql_type(hints[name])
-        if kind is None:
-            nested.append((name, _optional(hints[name])))
-        else:
-            scalars.append((name, kind))
-    return Fields(tuple(scalars), tuple(nested))
+def scalar_columns(fields: Fields) -> tuple[tuple[str, str], ...]:
+    """(column name, SQL type) of each scalar field: the column has the field's name."""
+    return tuple((name, _SQL_TYPES[kind]) for name, kind in fields.scalars)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +112,7 @@ GPU = Table(
     key=(("time_ns", "INTEGER"), ("node", "TEXT"), ("gpu_index", "INTEGER")),
     columns=(
         ("cluster", "TEXT"),
-        *_GPU.scalars,
+        *scalar_columns(_GPU),
         ("error_code", "TEXT"),
         ("error_message", "TEXT"),
         ("clock_event_reasons", "TEXT"),
@@ -180,7 +123,7 @@ GPU = Table(
 HOST = Table(
     "host",
     key=(("time_ns", "INTEGER"), ("node", "TEXT")),
-    columns=(("cluster", "TEXT"), *_HOST.scalars, *_details(_HOST)),
+    columns=(("cluster", "TEXT"), *scalar_columns(_HOST), *_details(_HOST)),
     indexes=(("node", "time_ns"),),
 )
 EVENT = Table(
@@ -196,7 +139,7 @@ EVENT = Table(
         ("cluster", "TEXT"),
         ("boot_id", "TEXT"),
         ("seq", "INTEGER"),
-        *_EVENT.scalars,
+        *scalar_columns(_EVENT),
         *_details(_EVENT),
     ),
     indexes=(("node", "time_ns"),),
@@ -204,7 +147,7 @@ EVENT = Table(
 AGENT = Table(
     "agent",
     key=(("time_ns", "INTEGER"), ("node", "TEXT")),
-    columns=(*_REPORT.scalars, *_AGENT.scalars, *_details(_REPORT, _AGENT)),
+    columns=(*scalar_columns(_REPORT), *scalar_columns(_AGENT), *_details(_REPORT, _AGENT)),
     indexes=(("boot_id", "seq"), ("node", "time_ns")),
 )
 TABLES = (GPU, HOST, EVENT, AGENT)

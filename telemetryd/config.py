@@ -227,6 +227,74 @@ class AgentConfig(_BrokerSection):
     ] = field(default_factory=dict)
 
 
+class InfluxConfig(_Section):
+    """How the InfluxDB sinks (``influxdb2://`` and ``influxdb://``) log in and write."""
+
+    token_file: Annotated[
+        str,
+        _doc(
+            "File holding the InfluxDB 2 API token. Empty: $CREDENTIALS_DIRECTORY/"
+            "influxdb-token when present (LoadCredential=influxdb-token:PATH)."
+        ),
+    ] = ""
+    password_file: Annotated[
+        str,
+        _doc(
+            "File holding the InfluxDB 1.x password of the user named in the URL "
+            "(influxdb://USER@host:8086/DB). Empty: $CREDENTIALS_DIRECTORY/influxdb-password "
+            "when present."
+        ),
+    ] = ""
+    ca_file: Annotated[
+        str, _doc("CA bundle that signed the server's certificate (https). Empty: system store.")
+    ] = ""
+    timeout: Annotated[
+        float, _doc("Seconds one write request may take before it is retried.", gt=0, le=600)
+    ] = 30.0
+    batch_lines: Annotated[
+        int,
+        _doc("Lines per write request, at most (InfluxDB advises about 5000).", ge=1, le=1_000_000),
+    ] = 5000
+    gzip: Annotated[bool, _doc("Compress write requests (Content-Encoding: gzip).")] = True
+    auth_retry: Annotated[
+        float,
+        _doc(
+            "Seconds between retries while the server refuses the credentials or the "
+            "database/bucket does not exist (401, 403, 404): nothing is dropped meanwhile.",
+            ge=1,
+            le=3600,
+        ),
+    ] = 30.0
+
+
+class PrometheusConfig(_Section):
+    """What ``/metrics`` (served on ``listen``) shows: the fleet's live values."""
+
+    labels: Annotated[
+        Literal["dcgm", "snake"],
+        _doc(
+            "Label names of GPU series: 'dcgm' as dcgm-exporter (gpu, UUID, pci_bus_id, "
+            "device, modelName, Hostname) so its dashboards and rules work unchanged; "
+            "'snake' (uuid, model_name, hostname) for sites that lint their metrics."
+        ),
+    ] = "dcgm"
+    stale_after: Annotated[
+        float,
+        _doc("Seconds after a node's last report before its series are removed.", gt=0),
+    ] = 300.0
+    xid_window: Annotated[
+        float,
+        _doc(
+            "Seconds an XID stays visible in DCGM_FI_DEV_XID_ERRORS and "
+            "DCGM_EXP_XID_ERRORS_COUNT (as dcgm-exporter's window), then reads 0 again.",
+            gt=0,
+        ),
+    ] = 300.0
+    host: Annotated[bool, _doc("Also serve each node's host values (CPU, memory, disks...).")] = (
+        True
+    )
+
+
 class AggregatorConfig(_BrokerSection):
     """``[aggregator]``: what runs at the centre."""
 
@@ -236,8 +304,9 @@ class AggregatorConfig(_BrokerSection):
     sinks: Annotated[
         list[str],
         _doc(
-            "Where accepted reports are written: sqlite:///PATH, "
-            "influxdb2://host:8086?org=O&bucket=B, influxdb://host:8086/DB. "
+            "Where accepted reports are written: sqlite:///PATH[?retention_days=N&raw_days=N], "
+            "influxdb2://host:8086?org=O&bucket=B (influxdb2s:// for https), "
+            "influxdb://[USER@]host:8086/DB[?rp=RP] (influxdbs:// for https). "
             "Empty: SQLite in the state directory."
         ),
     ] = field(default_factory=list)
@@ -305,6 +374,12 @@ class AggregatorConfig(_BrokerSection):
             "Empty: $STATE_DIRECTORY under systemd, else /var/lib/telemetryd."
         ),
     ] = ""
+    listen: Annotated[
+        str,
+        _doc("HOST:PORT serving /metrics (Prometheus), /healthz and /readyz. Empty: not served."),
+    ] = ""
+    influxdb: InfluxConfig = field(default_factory=InfluxConfig)
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
 
 
 class BrokerConfig(_Section):

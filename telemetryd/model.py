@@ -394,7 +394,13 @@ class SinkState(_Base):
     rejected: Count = 0
     skipped: Count = 0  # records lost to WAL corruption, never written
     lag: Count = 0
+    lag_bytes: Count = 0  # of WAL behind this sink's cursor: its durable queue
     last_error: Text | None = None
+    # Sinks that write lines (InfluxDB): absent for the others.
+    lines_written: Count | None = None
+    lines_retried: Count | None = None
+    lines_set_aside: Count | None = None
+    fields_dropped: Count | None = None
 
 
 class FleetSummary(_Base):

@@ -35,6 +35,8 @@ _BUILTIN_GPU = {
 }
 _BUILTIN_SINKS = {
     "sqlite": "exporters.sqlite:create",
+    "influxdb": "exporters.influxdb:create",
+    "influxdb2": "exporters.influxdb2:create",
 }
 
 

@@ -15,14 +15,16 @@ import hashlib
 import itertools
 import logging
 import re
+import time
 from collections import deque
 from pathlib import Path
 
-from exporters.base import Sink, SinkError, SinkRejected
+from exporters.base import LineStats, Sink, SinkError, SinkRejected
 from telemetryd.backoff import Backoff
 from telemetryd.codec import DecodeError
 from telemetryd.deadletter import DeadLetters
 from telemetryd.durable import replace_file
+from telemetryd.histogram import Histogram
 from telemetryd.model import Report, SinkState, decode_report
 from telemetryd.service import stopped_within
 from telemetryd.wal import Wal
@@ -103,6 +105,7 @@ class SinkRunner:
         self.cursor = self._load_cursor()
         feed.wal.advance_to(self.cursor)  # never let new records take indices we went past
         self.state = SinkState(name=sink.name[:256], state="starting")
+        self.write_seconds = Histogram()  # every write attempt, failed ones included
 
     def _load_cursor(self) -> int:
         try:
@@ -118,8 +121,16 @@ class SinkRunner:
         return max(0, self.feed.wal.next_index - self.cursor)
 
     def report(self) -> SinkState:
-        """Its state for the fleet summary."""
+        """Its state for the fleet summary and /metrics."""
         self.state.lag = self.lag()
+        self.state.lag_bytes = self.feed.wal.bytes_from(self.cursor)
+        stats = getattr(self.sink, "line_stats", None)
+        if stats is not None:
+            line_stats: LineStats = stats
+            self.state.lines_written = line_stats.lines_written
+            self.state.lines_retried = line_stats.lines_retried
+            self.state.lines_set_aside = line_stats.lines_set_aside
+            self.state.fields_dropped = line_stats.fields_dropped
         return self.state
 
     async def _open(self, stop: asyncio.Event, backoff: Backoff) -> bool:
@@ -183,14 +194,22 @@ class SinkRunner:
         self, items: list[tuple[int, Report | None]], stop: asyncio.Event, backoff: Backoff
     ) -> bool:
         reports = [r for _, r in items if r is not None]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             if reports:
-                await self.sink.write(reports)
+                try:
+                    await self.sink.write(reports)
+                finally:
+                    self.write_seconds.observe(loop.time() - started)
         except SinkRejected as exc:
+            now = time.time_ns()
             for report, why in exc.rejected:
                 payload = report.node.encode() + b":" + str(report.seq).encode()
                 self.deadletters.add(f"sink:{self.sink.name}", "store_rejected", why, payload,
                                      report.time_ns)  # fmt: skip
+            for line, why in exc.lines:
+                self.deadletters.add(f"sink:{self.sink.name}", "store_rejected", why, line, now)
             try:
                 await asyncio.to_thread(self.deadletters.flush)
             except OSError as error:  # kept pending: the next flush writes them

@@ -106,6 +106,16 @@ def parse_broker_url(url: str) -> BrokerUrl:
     )
 
 
+def _known_options(url: str, query: dict[str, str], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(query) - set(known))
+    if unknown:
+        raise UrlError(
+            f"{redact(url)!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    if query.get("tls", "1") not in ("0", "1", "true", "false"):
+        raise UrlError(f"{redact(url)!r}: tls={query['tls']!r}; expected 1 or 0")
+
+
 def parse_sink_url(url: str) -> SinkUrl:
     """Parse a sink URL (sqlite, influxdb2, influxdb 1.x); raise UrlError naming the forms."""
     parts = _split(url)
@@ -122,6 +132,12 @@ def parse_sink_url(url: str) -> SinkUrl:
     if parts.scheme in ("influxdb2", "influxdb2s"):
         if not parts.hostname:
             raise UrlError(f"{redact(url)!r}: no host; expected {SINK_FORMS}")
+        if parts.username:
+            raise UrlError(
+                f"{redact(url)!r}: InfluxDB 2 logs in with a token, not a user; drop "
+                f"{parts.username!r}@ and set aggregator.influxdb.token_file"
+            )
+        _known_options(url, query, ("org", "bucket", "tls"))
         missing = [k for k in ("org", "bucket") if not query.get(k)]
         if missing:
             raise UrlError(
@@ -140,6 +156,7 @@ def parse_sink_url(url: str) -> SinkUrl:
         database = parts.path.strip("/")
         if not parts.hostname or not database or "/" in database:
             raise UrlError(f"{redact(url)!r}: expected influxdb://host:8086/DB[?rp=RP]")
+        _known_options(url, query, ("rp", "tls"))
         return SinkUrl(
             kind="influxdb",
             host=parts.hostname,

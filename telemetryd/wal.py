@@ -242,6 +242,19 @@ class Wal:
         """Index the next appended record will get."""
         return self._segments[-1].end
 
+    def bytes_from(self, index: int) -> int:
+        """Bytes of log at and after record ``index``: what a reader at ``index`` has left."""
+        total = 0
+        with self._lock:
+            for segment in self._segments:
+                if index >= segment.end:
+                    continue
+                if index <= segment.first:
+                    total += segment.size
+                else:
+                    total += segment.size - segment.offsets[index - segment.first]
+        return total
+
     @property
     def bytes(self) -> int:
         """Bytes of log kept."""

@@ -34,6 +34,7 @@ from typing import Protocol
 
 import pytest
 
+from tests.integration.influxdb import InfluxDB, influxd_binary
 from tests.integration.mosquitto import (
     Certs,
     Mosquitto,
@@ -46,6 +47,7 @@ from tests.integration.mosquitto import (
 
 __all__ = [
     "Certs",
+    "InfluxDB",
     "Mosquitto",
     "MosquittoError",
     "MosquittoFactory",
@@ -55,6 +57,7 @@ __all__ = [
 ]
 
 _BROKERS = pytest.StashKey[list[Mosquitto]]()
+_INFLUXES = pytest.StashKey[list[InfluxDB]]()
 
 
 class MosquittoFactory(Protocol):
@@ -80,6 +83,8 @@ def pytest_runtest_makereport(
     if report.failed:
         for broker in item.stash.get(_BROKERS, []):
             report.sections.append((f"mosquitto log {broker.url}", broker.log_tail()))
+        for server in item.stash.get(_INFLUXES, []):
+            report.sections.append((f"influxd log {server.url}", server.log_tail()))
     return report
 
 
@@ -158,3 +163,42 @@ def _no_orphans() -> Iterator[None]:
         service = RUNNING.pop()
         if service.alive():
             service.kill()
+
+
+class InfluxFactory(Protocol):
+    """The ``influxdb_factory`` fixture's call signature."""
+
+    def __call__(
+        self, *, auth: bool = False, max_body_size: int = 25_000_000, start: bool = True
+    ) -> InfluxDB: ...
+
+
+@pytest.fixture
+def influxdb_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Generator[InfluxFactory, None, None]:
+    """Make (and by default start) real InfluxDB 1.x servers; stop them all after."""
+    influxd_binary()  # skip or fail now
+    servers = request.node.stash.setdefault(_INFLUXES, [])
+
+    def make(
+        *, auth: bool = False, max_body_size: int = 25_000_000, start: bool = True
+    ) -> InfluxDB:
+        server = InfluxDB(tmp_path_factory.mktemp("influxdb"), auth=auth,
+                          max_body_size=max_body_size)  # fmt: skip
+        servers.append(server)
+        if start:
+            server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+@pytest.fixture
+def influxdb(influxdb_factory: InfluxFactory) -> InfluxDB:
+    """A started InfluxDB 1.x on 127.0.0.1:<free port>, no authentication."""
+    return influxdb_factory()

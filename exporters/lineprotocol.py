@@ -1,0 +1,293 @@
+r"""InfluxDB line protocol: what each measurement holds, and reports turned into lines.
+
+One encoder for every InfluxDB sink (2.x through influxdb-client, 1.x through ``/write``)
+and for ``telemetryd export``, so the same report always becomes the same points, whoever
+writes it and however often: a point is its measurement, tag set and timestamp, and the
+timestamp is the agent's sample time (an event's own time), never the server's clock.
+Writing a batch again after a crash or a retry therefore overwrites with equal values.
+
+Tags come only from bounded sets (cluster, node, GPU index, UUID, model, MIG instance,
+and per-host devices such as mounts and interfaces); pids, boot ids and sequence numbers
+are fields. Field types come from the wire model (telemetryd/fields.py), so an integer is
+always written as an integer and a field cannot change type by accident; a value
+InfluxDB cannot hold (a float that is not finite, an integer beyond int64) is left out of
+its line and counted in ``fields_dropped``, never written as something else.
+
+The full list of measurements, tags and fields with units is docs/schema.md. Escaping
+follows the line protocol reference: measurement names escape comma and space; tag keys,
+tag values and field keys escape comma, equals sign and space (and a tab, carriage return
+or newline is written as ``\t``, ``\r``, ``\n``, which line protocol cannot carry raw
+there); string field values escape double quote and backslash.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+from math import isfinite
+from typing import Any
+
+from telemetryd.clock_events import mask
+from telemetryd.codec import Struct
+from telemetryd.fields import Scalar, split_fields
+from telemetryd.model import (
+    AgentStats,
+    DiskIO,
+    DiskUsage,
+    Event,
+    Fan,
+    Gpu,
+    GpuProcess,
+    Host,
+    MigDevice,
+    NetIO,
+    PowerZone,
+    Report,
+    Sensor,
+)
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+_MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+_KEY = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def escape_measurement(name: str) -> str:
+    """A measurement name as line protocol writes it."""
+    return name.translate(_MEASUREMENT)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def escape_key(text: str) -> str:
+    """A tag key, tag value or field key as line protocol writes it.
+
+    Cached: the same node names, models and UUIDs come back every interval. A value
+    ending in a backslash would escape the separator after it, so that backslash is
+    doubled (line protocol cannot end a tag value with a single one; it is stored doubled).
+    """
+    out = text.translate(_KEY)
+    return out + "\\" if out.endswith("\\") and not out.endswith("\\\\") else out
+
+
+def escape_string(text: str) -> str:
+    """A string field value, without its surrounding quotes."""
+    if "\\" in text or '"' in text:
+        return text.replace("\\", "\\\\").replace('"', '\\"')
+    return text
+
+
+def tag(key: str, value: str | None) -> str:
+    """``,key=value`` for a tag whose value we do not choose, or "" when it is empty.
+
+    Line protocol has no empty tag values: such a tag is left out instead.
+    """
+    return f",{key}={escape_key(value)}" if value else ""
+
+
+def field_key(name: str) -> str:
+    """A field key from a name we do not choose (a collector plugin's metric).
+
+    InfluxDB refuses the key ``time`` and reserves keys starting with ``_`` (2.x and 3
+    use ``_field``, ``_value``...): those get a trailing or leading ``x`` instead of being
+    refused, so one odd plugin metric cannot make a whole line fail.
+    """
+    if name == "time" or name.startswith("_"):
+        name = "x" + name if name.startswith("_") else name + "_"
+    return escape_key(name)
+
+
+Spec = tuple[tuple[str, Scalar], ...]  # (escaped key + "=", type) in getter order
+
+
+class _Fields:
+    """The scalar fields of one struct type, minus those stored as tags or elsewhere."""
+
+    def __init__(self, struct: type[Struct], skip: Iterable[str] = ()) -> None:
+        fields = split_fields(struct, skip=set(skip))
+        self.names = fields.names()
+        self.spec: Spec = tuple((escape_key(name) + "=", kind) for name, kind in fields.scalars)
+        self.values: Callable[[Any], tuple[Any, ...]] = fields.getter()
+
+
+_GPU = _Fields(Gpu, skip=("index", "uuid", "name", "error", "clock_event_reasons"))
+_MIG = _Fields(MigDevice, skip=("uuid", "gi_id", "ci_id", "name"))
+_PROCESS = _Fields(GpuProcess, skip=("gi_id", "ci_id"))
+_HOST = _Fields(Host)
+_DISK = _Fields(DiskUsage, skip=("mount",))
+_DISKIO = _Fields(DiskIO, skip=("device",))
+_NET = _Fields(NetIO, skip=("iface",))
+_POWER = _Fields(PowerZone, skip=("zone", "name"))
+_SENSOR = _Fields(Sensor, skip=("chip", "label"))
+_FAN = _Fields(Fan, skip=("chip", "label"))
+_EVENT = _Fields(Event, skip=("time_ns", "kind", "gpu_index", "uuid", "code", "severity"))
+_REPORT = _Fields(Report, skip=("cluster", "node", "time_ns"))
+_AGENT = _Fields(AgentStats)
+
+MEASUREMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # measurement: (tag keys, field keys) - what docs/schema.md documents, checked by tests
+    "gpu": (
+        ("cluster", "gpu", "model", "node", "uuid"),
+        (*_GPU.names, "clock_event_reasons", "clock_event_mask", "error_code", "error_message"),
+    ),
+    "gpu_mig": (
+        ("ci", "cluster", "gi", "gpu", "node", "profile", "uuid"),
+        (*_MIG.names, "gpu_uuid"),
+    ),
+    "gpu_process": (("ci", "cluster", "gi", "gpu", "node", "slot", "uuid"), _PROCESS.names),
+    "host": (("cluster", "node"), _HOST.names),
+    "host_cpu": (("cluster", "cpu", "node"), ("cpu_pct",)),
+    "host_disk": (("cluster", "mount", "node"), _DISK.names),
+    "host_diskio": (("cluster", "device", "node"), _DISKIO.names),
+    "host_net": (("cluster", "iface", "node"), _NET.names),
+    "host_power": (("cluster", "name", "node", "zone"), _POWER.names),
+    "host_sensor": (("chip", "cluster", "label", "node"), _SENSOR.names),
+    "host_fan": (("chip", "cluster", "label", "node"), _FAN.names),
+    "host_plugin": (("cluster", "node", "plugin"), ()),  # fields: the plugin's own metrics
+    "event": (("cluster", "code", "gpu", "kind", "node", "severity", "uuid"), _EVENT.names),
+    "agent": (("cluster", "node"), (*_REPORT.names, *_AGENT.names, "errors", "error_message")),
+}
+
+
+class Encoder:
+    """Turns reports into lines; counts the field values InfluxDB could not hold."""
+
+    def __init__(self) -> None:
+        self.fields_dropped = 0
+
+    def _add(self, out: list[str], spec: Spec, values: tuple[Any, ...]) -> None:
+        """Append ``key=value`` for each present value, typed by the model."""
+        for (key, kind), v in zip(spec, values, strict=True):
+            if v is None:
+                continue
+            if kind is float:
+                if isfinite(v):
+                    out.append(f"{key}{float(v)!r}")
+                else:
+                    self.fields_dropped += 1
+            elif kind is int:
+                if INT64_MIN <= v <= INT64_MAX:
+                    out.append(f"{key}{v}i")
+                else:
+                    self.fields_dropped += 1
+            elif kind is bool:
+                out.append(key + ("true" if v else "false"))
+            else:
+                out.append(f'{key}"{escape_string(v)}"')
+
+    def encode(self, reports: Sequence[Report]) -> list[str]:
+        """Every point of ``reports``, one line each (without the newline)."""
+        lines: list[str] = []
+        for report in reports:
+            self._report(report, lines)
+        return lines
+
+    def _report(self, r: Report, lines: list[str]) -> None:
+        base = f"cluster={escape_key(r.cluster)}"
+        node = f"node={escape_key(r.node)}"
+        t = f" {r.time_ns}"
+        add = self._add
+        for g in r.gpus:
+            self._gpu(g, base, node, t, lines)
+        if r.host is not None:
+            self._host(r.host, base, node, t, lines)
+        for e in r.events:
+            tags = [base]
+            if e.code is not None:
+                tags.append(f"code={e.code}")
+            if e.gpu_index is not None:
+                tags.append(f"gpu={e.gpu_index}")
+            tags.append(f"kind={e.kind}")
+            tags.append(node)
+            if e.severity is not None:
+                tags.append(f"severity={e.severity}")
+            fields: list[str] = []
+            add(fields, _EVENT.spec, _EVENT.values(e))
+            lines.append(f"event,{','.join(tags)}{tag('uuid', e.uuid)} {','.join(fields)} "
+                         f"{e.time_ns}")  # fmt: skip
+        fields = []
+        add(fields, _REPORT.spec, _REPORT.values(r))
+        add(fields, _AGENT.spec, _AGENT.values(r.agent))
+        if r.errors:
+            fields.append(f"errors={len(r.errors)}i")
+            text = "; ".join(f"{e.source}: {e.message}" for e in r.errors)
+            fields.append(f'error_message="{escape_string(text)}"')
+        lines.append(f"agent,{base},{node} {','.join(fields)}{t}")
+
+    def _gpu(self, g: Gpu, base: str, node: str, t: str, lines: list[str]) -> None:
+        add = self._add
+        uuid = tag("uuid", g.uuid)
+        tags = f"{base},gpu={g.index}{tag('model', g.name)},{node}"
+        fields: list[str] = []
+        add(fields, _GPU.spec, _GPU.values(g))
+        reasons = g.clock_event_reasons
+        if reasons is not None:
+            fields.append(f'clock_event_reasons="{escape_string(",".join(reasons))}"')
+            fields.append(f"clock_event_mask={mask(reasons)}i")
+        if g.error is not None:
+            fields.append(f'error_code="{g.error.code}"')
+            fields.append(f'error_message="{escape_string(g.error.message)}"')
+        if fields:
+            lines.append(f"gpu,{tags}{uuid} {','.join(fields)}{t}")
+        for m in g.mig:
+            mig_tags = _instance(m.ci_id, base, m.gi_id, g.index, node) + tag("profile", m.name)
+            fields = []
+            add(fields, _MIG.spec, _MIG.values(m))
+            fields.append(f'gpu_uuid="{escape_string(g.uuid)}"')
+            lines.append(f"gpu_mig,{mig_tags}{tag('uuid', m.uuid)} {','.join(fields)}{t}")
+        # A slot tag keeps two processes of one GPU apart (one point per tag set and time)
+        # without making the pid a tag; sorted by pid so the same report gives the same slots.
+        for slot, p in enumerate(sorted(g.processes or (), key=lambda p: (p.pid, p.type))):
+            ptags = _instance(p.ci_id, base, p.gi_id, g.index, node)
+            fields = []
+            add(fields, _PROCESS.spec, _PROCESS.values(p))
+            lines.append(f"gpu_process,{ptags},slot={slot}{uuid} {','.join(fields)}{t}")
+
+    def _host(self, h: Host, base: str, node: str, t: str, lines: list[str]) -> None:
+        add = self._add
+        fields: list[str] = []
+        add(fields, _HOST.spec, _HOST.values(h))
+        if fields:
+            lines.append(f"host,{base},{node} {','.join(fields)}{t}")
+        for i, pct in enumerate(h.cpu_core_pct or ()):
+            if isfinite(pct):
+                lines.append(f"host_cpu,{base},cpu={i},{node} cpu_pct={float(pct)!r}{t}")
+        parts: list[tuple[str, _Fields, Iterable[Any], Callable[[Any], str]]] = [
+            ("host_disk", _DISK, h.disks or (), lambda d: f"{base}{tag('mount', d.mount)}"),
+            ("host_diskio", _DISKIO, h.disk_io or (), lambda d: f"{base}{tag('device', d.device)}"),
+            ("host_net", _NET, h.net or (), lambda n: f"{base}{tag('iface', n.iface)}"),
+        ]  # fmt: skip
+        for measurement, spec, items, tags in parts:
+            for item in items:
+                fields = []
+                add(fields, spec.spec, spec.values(item))
+                if fields:
+                    lines.append(f"{measurement},{tags(item)},{node} {','.join(fields)}{t}")
+        for z in h.power or ():
+            fields = []
+            add(fields, _POWER.spec, _POWER.values(z))
+            where = f"{base}{tag('name', z.name)},{node}{tag('zone', z.zone)}"
+            lines.append(f"host_power,{where} {','.join(fields)}{t}")
+        for kind, spec, chips in (("host_sensor", _SENSOR, h.sensors), ("host_fan", _FAN, h.fans)):
+            for s in chips or ():
+                fields = []
+                add(fields, spec.spec, spec.values(s))
+                where = f"chip={escape_key(s.chip)},{base}" if s.chip else base
+                where += f"{tag('label', s.label)},{node}"
+                lines.append(f"{kind},{where} {','.join(fields)}{t}")
+        for plugin, metrics in sorted((h.extra or {}).items()):
+            fields = [f"{field_key(k)}={float(v)!r}" for k, v in metrics.items() if isfinite(v)]
+            self.fields_dropped += len(metrics) - len(fields)
+            if fields:
+                lines.append(f"host_plugin,{base},{node}{tag('plugin', plugin)} "
+                             f"{','.join(fields)}{t}")  # fmt: skip
+
+
+def _instance(ci: int | None, base: str, gi: int | None, index: int, node: str) -> str:
+    """Tags of something on a GPU, with its MIG instance when it has one (sorted keys)."""
+    tags = [] if ci is None else [f"ci={ci}"]
+    tags.append(base)
+    if gi is not None:
+        tags.append(f"gi={gi}")
+    tags.append(f"gpu={index}")
+    tags.append(node)
+    return ",".join(tags)

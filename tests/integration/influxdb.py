@@ -1,0 +1,209 @@
+"""A real InfluxDB 1.x (Debian's ``influxdb`` package) for integration tests.
+
+Each server gets a temporary directory holding its config, meta, data, WAL and log; its
+HTTP API listens on 127.0.0.1:<free port> and keeps that port across restarts, so a sink
+reconnects to the same URL after ``stop()``/``start()`` or ``kill()``/``start()``. Queries
+go through the real HTTP ``/query`` endpoint. Without ``/usr/bin/influxd`` the tests skip
+locally and fail under CI (a missing service is a failure there).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.mosquitto import free_port, in_ci
+
+INFLUXD_BIN = "/usr/bin/influxd"
+INSTALL_HINT = "install Debian's influxdb package (scripts/test does)"
+START_TIMEOUT_S = 30.0
+
+
+def influxd_binary() -> str:
+    """The server binary, or skip (locally) / fail (in CI) when it is not installed."""
+    found = shutil.which("influxd") or (INFLUXD_BIN if Path(INFLUXD_BIN).is_file() else None)
+    if found:
+        return found
+    if in_ci():
+        pytest.fail(f"{INFLUXD_BIN} not found (a missing service fails in CI): {INSTALL_HINT}")
+    pytest.skip(INSTALL_HINT)
+
+
+class InfluxDBError(RuntimeError):
+    """The server did not start, stop or answer as asked; the message has its log tail."""
+
+
+class InfluxDB:
+    """One ``influxd run -config <conf>`` subprocess with its own directory and ports."""
+
+    def __init__(self, workdir: Path, *, auth: bool = False, max_body_size: int = 25_000_000):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.rpc_port = free_port()
+        self.auth = auth
+        self.conf_path = self.workdir / "influxdb.conf"
+        self.log_path = self.workdir / "influxd.log"
+        self.conf_path.write_text(self._config(max_body_size))
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.admin: tuple[str, str] | None = None
+
+    def _config(self, max_body_size: int) -> str:
+        d = self.workdir
+        return f"""reporting-disabled = true
+bind-address = "127.0.0.1:{self.rpc_port}"
+[meta]
+  dir = "{d}/meta"
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+  wal-fsync-delay = "0s"
+[monitor]
+  store-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{self.port}"
+  auth-enabled = {"true" if self.auth else "false"}
+  log-enabled = false
+  max-body-size = {max_body_size}
+[continuous_queries]
+  enabled = false
+[logging]
+  level = "warn"
+"""
+
+    @property
+    def url(self) -> str:
+        """The base URL of its HTTP API."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def sink_url(self, database: str, *, user: str | None = None, rp: str = "") -> str:
+        """A telemetryd ``influxdb://`` sink URL for ``database``."""
+        who = f"{user}@" if user else ""
+        return f"influxdb://{who}127.0.0.1:{self.port}/{database}" + (f"?rp={rp}" if rp else "")
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> InfluxDB:
+        """Start and wait until ``/ping`` answers."""
+        if self.alive():
+            return self
+        handle = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self._proc = subprocess.Popen(
+            [influxd_binary(), "run", "-config", str(self.conf_path)],
+            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        handle.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise InfluxDBError(
+                    f"influxd exited with {self._proc.returncode}:\n{self.log_tail()}"
+                )
+            if self.ping():
+                return self
+            time.sleep(0.1)
+        raise InfluxDBError(
+            f"influxd did not answer /ping in {START_TIMEOUT_S}s:\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM and wait (influxd flushes its cache on the way out)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL: what survives is what its WAL had synced."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- HTTP API ---------------------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as response:
+                return bool(response.status == 204)
+        except OSError:
+            return False
+
+    def _request(
+        self, path: str, params: dict[str, str], *, method: str = "GET", body: bytes | None = None
+    ) -> Any:
+        auth = self.admin
+        if auth:
+            params = {**params, "u": auth[0], "p": auth[1]}
+        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+        request = urllib.request.Request(url, data=body, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raise InfluxDBError(
+                f"{path} {exc.code}: {exc.read().decode(errors='replace')}"
+            ) from None
+        return json.loads(raw) if raw else None
+
+    def query(self, q: str, database: str = "") -> list[dict[str, Any]]:
+        """Run InfluxQL; the series of the first statement (``[]`` when none)."""
+        params = {"q": q, "epoch": "ns"}
+        if database:
+            params["db"] = database
+        method = "GET" if q.lstrip().upper().startswith(("SELECT", "SHOW")) else "POST"
+        data = self._request("/query", params, method=method)
+        result = data["results"][0]
+        if "error" in result:
+            raise InfluxDBError(f"{q!r}: {result['error']}")
+        return list(result.get("series", []))
+
+    def points(self, q: str, database: str) -> list[dict[str, Any]]:
+        """Rows of every series a SELECT returns, as dicts (tags merged in, GROUP BY *)."""
+        rows: list[dict[str, Any]] = []
+        for series in self.query(q, database):
+            for values in series["values"]:
+                row = dict(zip(series["columns"], values, strict=True))
+                row.update(series.get("tags") or {})
+                row["_measurement"] = series["name"]
+                rows.append(row)
+        return rows
+
+    def create_database(self, name: str) -> None:
+        self.query(f'CREATE DATABASE "{name}"')
+
+    def create_admin(self, user: str, password: str) -> None:
+        """The first user, with all privileges (possible without credentials when auth is on)."""
+        self.query(f"CREATE USER \"{user}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES")
+        self.admin = (user, password)
+
+    def write(self, database: str, body: str) -> None:
+        """Write line protocol directly (ns precision)."""
+        self._request("/write", {"db": database, "precision": "ns"}, method="POST",
+                      body=body.encode())  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"InfluxDB({self.url}, dir={self.workdir})"
