@@ -106,8 +106,10 @@ class InfluxV1Sink(LineSink):
         try:
             reply = await self._client.request("GET", f"{self.base}/ping")
         except HttpUnavailable as exc:
+            await self.close()
             raise SinkError(f"{self.name}: {exc}") from None
         if reply.status >= 300:
+            await self.close()
             raise SinkError(f"{self.name}: /ping answered {reply.status} {reply.text()}")
 
     async def _post(self, body: bytes) -> WriteReply:

@@ -104,10 +104,12 @@ class InfluxV2Sink(LineSink):
         try:
             await PingService(self._client.api_client).get_ping_async()
         except ApiException as exc:
+            await self.close()
             raise SinkError(
                 f"{self.name}: /ping answered {exc.status} {_message(exc.body)}"
             ) from None
         except TRANSPORT_ERRORS as exc:
+            await self.close()
             raise SinkError(f"{self.name}: {describe(exc)}") from None
 
     async def _post(self, body: bytes) -> WriteReply:

@@ -61,12 +61,11 @@ def escape_measurement(name: str) -> str:
 def escape_key(text: str) -> str:
     """A tag key, tag value or field key as line protocol writes it.
 
-    Cached: the same node names, models and UUIDs come back every interval. A value
-    ending in a backslash would escape the separator after it, so that backslash is
-    doubled (line protocol cannot end a tag value with a single one; it is stored doubled).
+    Cached: the same node names, models and UUIDs come back every interval. Line protocol
+    cannot end a key or tag value with a backslash (InfluxDB reads it as escaping the
+    separator after it and refuses the line), so trailing backslashes are left out.
     """
-    out = text.translate(_KEY)
-    return out + "\\" if out.endswith("\\") and not out.endswith("\\\\") else out
+    return text.rstrip("\\").translate(_KEY)
 
 
 def escape_string(text: str) -> str:
@@ -81,7 +80,8 @@ def tag(key: str, value: str | None) -> str:
 
     Line protocol has no empty tag values: such a tag is left out instead.
     """
-    return f",{key}={escape_key(value)}" if value else ""
+    escaped = escape_key(value) if value else ""
+    return f",{key}={escaped}" if escaped else ""
 
 
 def field_key(name: str) -> str:

@@ -157,11 +157,11 @@ class SinkRunner:
     async def run(self, stop: asyncio.Event, *, drain_s: float = 3.0) -> None:
         """Write until ``stop``; then keep writing for at most ``drain_s`` to catch up."""
         backoff = Backoff(0.5, 60.0)
-        if not await self._open(stop, backoff):
-            return
         draining_until: float | None = None
         loop = asyncio.get_running_loop()
         try:
+            if not await self._open(stop, backoff):
+                return  # stopped before the store ever answered; still closed below
             while True:
                 if stop.is_set():
                     draining_until = draining_until or loop.time() + drain_s
