@@ -70,7 +70,7 @@ class Aggregator:
         self.feed = Feed(wal, keep=max(2048, 2 * cfg.batch_size))
         self.runners = [
             SinkRunner(sink, self.feed, cursor_file(wal.directory, sink.name), deadletters,
-                       batch_size=cfg.batch_size)
+                       batch_size=cfg.batch_size, retry_max=cfg.sink_retry_max)
             for _url, sink in sinks
         ]  # fmt: skip
         self.limits = Limits(cfg.max_payload_bytes, cfg.max_clock_skew, cfg.max_report_age)

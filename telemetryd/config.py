@@ -355,6 +355,15 @@ class AggregatorConfig(_BrokerSection):
     batch_size: Annotated[
         int, _doc("Messages synced and acknowledged together, at most.", ge=1, le=100_000)
     ] = 1000
+    sink_retry_max: Annotated[
+        float,
+        _doc(
+            "Longest wait in seconds between two attempts of a sink that fails (the wait "
+            "doubles from 0.5 s up to this, with jitter; a store's Retry-After may ask for more).",
+            ge=0.5,
+            le=3600,
+        ),
+    ] = 60.0
     batch_wait: Annotated[
         float,
         _doc("Seconds a message may wait for its batch to fill before it is synced.", gt=0, le=10),

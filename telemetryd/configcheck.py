@@ -14,7 +14,7 @@ from telemetryd import registry
 from telemetryd.config import AgentConfig, AggregatorConfig, BrokerConfig, Config, TlsConfig
 from telemetryd.names import name_problem
 from telemetryd.secrets import secret_path, unreadable
-from telemetryd.urls import UrlError, parse_broker_url, parse_listen, parse_sink_url
+from telemetryd.urls import SinkUrl, UrlError, parse_broker_url, parse_listen, parse_sink_url
 
 Where = Callable[[str], str]
 
@@ -94,7 +94,7 @@ def _agent(cfg: AgentConfig, where: Where) -> list[str]:
     return problems
 
 
-def _aggregator(cfg: AggregatorConfig, where: Where) -> list[str]:
+def _aggregator(cfg: AggregatorConfig, where: Where, env: Mapping[str, str]) -> list[str]:
     problems = _broker(cfg.broker, cfg.tls, cfg.password_file, "aggregator", where)
     for cluster in cfg.clusters:
         if cluster != "+" and (problem := name_problem(cluster)):
@@ -116,10 +116,37 @@ def _aggregator(cfg: AggregatorConfig, where: Where) -> list[str]:
             registry.sink_factory(url.kind)(url, cfg)
         except UrlError as exc:
             problems.append(f"{where('aggregator.sinks')}: aggregator.sinks: {exc}")
+        problems += _influx_secrets(cfg, url, where, env)
     if cfg.shared_group and (problem := name_problem(cfg.shared_group)):
         problems.append(f"{where('aggregator.shared_group')}: aggregator.shared_group: {problem}")
     problems += _absolute(cfg.state_dir, "aggregator.state_dir", where)
     return problems
+
+
+def _influx_secrets(
+    cfg: AggregatorConfig, url: SinkUrl, where: Where, env: Mapping[str, str]
+) -> list[str]:
+    """An InfluxDB sink that cannot log in is a configuration error, found before start."""
+    if url.kind == "influxdb2":
+        key, credential, need = "token_file", "influxdb-token", True
+    elif url.kind == "influxdb":
+        key, credential, need = "password_file", "influxdb-password", bool(url.username)
+    else:
+        return []
+    dotted = f"aggregator.influxdb.{key}"
+    configured = getattr(cfg.influxdb, key)
+    path = secret_path(configured, credential, env)
+    if path is None:
+        if not need:
+            return []
+        what = "an InfluxDB 2 sink" if url.kind == "influxdb2" else f"user {url.username!r}"
+        return [
+            f"{where(dotted)}: {dotted}: empty, and no systemd credential {credential}; "
+            f"{what} needs one"
+        ]
+    if reason := unreadable(path):
+        return [f"{where(dotted)}: {dotted}: {reason}"]
+    return []
 
 
 def _broker_section(cfg: BrokerConfig, where: Where) -> list[str]:
@@ -156,7 +183,7 @@ def is_loopback(host: str) -> bool:
 
 def semantic_problems(cfg: Config, where: Where, env: Mapping[str, str]) -> list[str]:
     """Every meaning-level problem of a typed configuration, one line each."""
-    problems = _agent(cfg.agent, where) + _aggregator(cfg.aggregator, where)
+    problems = _agent(cfg.agent, where) + _aggregator(cfg.aggregator, where, env)
     problems += _broker_section(cfg.broker, where)
     if not (cfg.agent.password_file and cfg.aggregator.password_file):
         path = secret_path("", "mqtt-password", env)

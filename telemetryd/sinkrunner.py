@@ -96,12 +96,14 @@ class SinkRunner:
         deadletters: DeadLetters,
         *,
         batch_size: int,
+        retry_max: float = 60.0,
     ) -> None:
         self.sink = sink
         self.feed = feed
         self.cursor_path = cursor_path
         self.deadletters = deadletters
         self.batch_size = batch_size
+        self.retry_max = retry_max
         self.cursor = self._load_cursor()
         feed.wal.advance_to(self.cursor)  # never let new records take indices we went past
         self.state = SinkState(name=sink.name[:256], state="starting")
@@ -156,7 +158,7 @@ class SinkRunner:
 
     async def run(self, stop: asyncio.Event, *, drain_s: float = 3.0) -> None:
         """Write until ``stop``; then keep writing for at most ``drain_s`` to catch up."""
-        backoff = Backoff(0.5, 60.0)
+        backoff = Backoff(0.5, self.retry_max)
         draining_until: float | None = None
         loop = asyncio.get_running_loop()
         try:

@@ -757,12 +757,12 @@ def test_unknown_gpu_backend(tmp_path: Path) -> None:
         "influxdb://influx:8086/telemetry?rp=week",
     ],
 )
-def test_good_sinks(sink: str) -> None:
+def test_good_sinks(sink: str, secret_file: Path) -> None:
     url = parse_sink_url(sink)
+    env = {"TELEMETRYD_AGGREGATOR_SINKS": sink,
+           "TELEMETRYD_AGGREGATOR_INFLUXDB_TOKEN_FILE": str(secret_file)}  # fmt: skip
     if url.kind in registry.sink_kinds():
-        assert load(None, env={"TELEMETRYD_AGGREGATOR_SINKS": sink}).config.aggregator.sinks == [
-            sink
-        ]
+        assert load(None, env=env).config.aggregator.sinks == [sink]
     else:  # a well-formed URL of a store this version cannot write yet: said so, not crashed
         line = only(problems(env={"TELEMETRYD_AGGREGATOR_SINKS": sink}))
         assert f"{url.kind} sinks are not available in this version" in line
@@ -790,6 +790,49 @@ def test_bad_sinks(tmp_path: Path, sink: str, reason: str) -> None:
     line = only(problems(path))
     shown = redact(sink)  # a secret in a refused URL is never echoed back
     assert line.startswith(f"{path}:2: aggregator.sinks: {shown!r}: {reason}"), line
+
+
+def test_an_influxdb2_sink_needs_a_token() -> None:
+    line = only(problems(env={"TELEMETRYD_AGGREGATOR_SINKS": "influxdb2://h?org=o&bucket=b"}))
+    assert line == (
+        "defaults: aggregator.influxdb.token_file: empty, and no systemd credential "
+        "influxdb-token; an InfluxDB 2 sink needs one"
+    )
+
+
+def test_the_influxdb_token_may_come_from_a_systemd_credential(secret_file: Path) -> None:
+    creds = secret_file.parent
+    (creds / "influxdb-token").write_text("tok\n")
+    env = {"TELEMETRYD_AGGREGATOR_SINKS": "influxdb2://h?org=o&bucket=b",
+           "CREDENTIALS_DIRECTORY": str(creds)}  # fmt: skip
+    assert load(None, env=env).config.aggregator.sinks
+
+
+def test_an_influxdb_1x_user_needs_a_readable_password_file(tmp_path: Path) -> None:
+    sink = "influxdb://writer@h:8086/telemetry"
+    assert "user 'writer' needs one" in only(problems(env={"TELEMETRYD_AGGREGATOR_SINKS": sink}))
+    missing = tmp_path / "nope"
+    env = {"TELEMETRYD_AGGREGATOR_SINKS": sink,
+           "TELEMETRYD_AGGREGATOR_INFLUXDB_PASSWORD_FILE": str(missing)}  # fmt: skip
+    assert only(problems(env=env)) == (
+        "environment TELEMETRYD_AGGREGATOR_INFLUXDB_PASSWORD_FILE: "
+        f"aggregator.influxdb.password_file: cannot read {missing}: No such file or directory"
+    )
+    anonymous = "influxdb://h:8086/telemetry"  # no user: InfluxDB without authentication
+    assert load(None, env={"TELEMETRYD_AGGREGATOR_SINKS": anonymous}).config.aggregator.sinks
+
+
+@pytest.mark.parametrize(
+    ("sink", "reason"),
+    [
+        ("influxdb://h/db?retention=7d", "unknown option(s) retention; known: rp, tls"),
+        ("influxdb2://h?org=o&bucket=b&precision=s", "unknown option(s) precision; known: org"),
+        ("influxdb://h/db?tls=yes", "tls='yes'; expected 1 or 0"),
+        ("influxdb2://me@h?org=o&bucket=b", "InfluxDB 2 logs in with a token, not a user"),
+    ],
+)
+def test_influxdb_url_options_are_checked(sink: str, reason: str) -> None:
+    assert reason in only(problems(env={"TELEMETRYD_AGGREGATOR_SINKS": sink}))
 
 
 def test_sink_token_refusal_does_not_echo_the_token() -> None:
