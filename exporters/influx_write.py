@@ -140,6 +140,9 @@ class LineWriter:
                 await self._send(lines[first : first + self.batch_lines], chunk_rejected)
             except SinkError as exc:
                 raise Interrupted(str(exc), exc.retry_after, first, rejected) from None
+            # Counted once the request is done: an interrupted one is sent again whole and
+            # finds the same lines again.
+            self.counters.lines_set_aside += len(chunk_rejected)
             rejected += chunk_rejected
         return rejected
 
@@ -164,13 +167,11 @@ class LineWriter:
         if status == 413 or status in (400, 422):
             if len(lines) == 1:
                 rejected.append((lines[0].encode(), f"{status}: {reply.message}"))
-                self.counters.lines_set_aside += 1
                 return
             dropped = _DROPPED.search(reply.message)
             if status != 413 and dropped and int(dropped.group(1)) >= len(lines):
                 why = f"{status}: {reply.message}"
                 rejected.extend((line.encode(), why) for line in lines)
-                self.counters.lines_set_aside += len(lines)
                 return
             half = len(lines) // 2
             await self._send(lines[:half], rejected)

@@ -74,6 +74,7 @@ class InfluxV2Sink(LineSink):
         super().__init__(name, writer)
         self._client: Any = None
         self._writes: Any = None
+        self._refused = False  # the server refused the token: read it again before the retry
 
     def _token(self) -> str:
         path = secret_path(self.cfg.token_file, CREDENTIAL)
@@ -101,10 +102,11 @@ class InfluxV2Sink(LineSink):
             enable_gzip=False, **options,
         )  # fmt: skip
         self._writes = WriteService(self._client.api_client)
+        self._refused = False
         try:
             await PingService(self._client.api_client).get_ping_async()
         except ApiException as exc:
-            await self.close()
+            await self.close()  # the runner opens again, and may stop, without closing
             raise SinkError(
                 f"{self.name}: /ping answered {exc.status} {_message(exc.body)}"
             ) from None
@@ -113,8 +115,11 @@ class InfluxV2Sink(LineSink):
             raise SinkError(f"{self.name}: {describe(exc)}") from None
 
     async def _post(self, body: bytes) -> WriteReply:
-        if self._writes is None:
-            raise SinkError(f"{self.name}: not open")
+        if self._writes is None or self._refused:
+            # The runner retries writes without opening the sink again: after a refused
+            # token (or a failed reopen) open here, reading the token file anew, so an
+            # operator's fix needs no restart.
+            await self.open()
         options = {"content_encoding": "gzip"} if self.cfg.gzip else {}
         try:
             await self._writes.post_write_async(
@@ -123,6 +128,7 @@ class InfluxV2Sink(LineSink):
             )  # fmt: skip
         except ApiException as exc:
             headers = exc.headers or {}
+            self._refused = exc.status in (401, 403)
             return WriteReply(
                 int(exc.status or 0), _message(exc.body), retry_after(headers.get("Retry-After"))
             )

@@ -259,8 +259,8 @@ class InfluxConfig(_Section):
     auth_retry: Annotated[
         float,
         _doc(
-            "Seconds between retries while the server refuses the credentials or the "
-            "database/bucket does not exist (401, 403, 404): nothing is dropped meanwhile.",
+            "Seconds at least between retries while the server refuses the credentials or "
+            "the database/bucket does not exist (401, 403, 404): nothing is dropped meanwhile.",
             ge=1,
             le=3600,
         ),

@@ -152,9 +152,12 @@ class SinkRunner:
     def _failed(self, exc: SinkError) -> None:
         self.state.state = "retrying"
         self.state.retries += 1
-        if self.state.last_error != str(exc):
-            log.warning("sink %s: %s; retrying", self.sink.name, exc)
-        self.state.last_error = str(exc)[:256]
+        text = str(exc)
+        if self.state.last_error != text[:256]:
+            # One line per new problem, naming the sink once (its errors may already do so).
+            where = "" if text.startswith(self.sink.name) else f"sink {self.sink.name}: "
+            log.warning("%s%s; retrying", where, text)
+        self.state.last_error = text[:256]
 
     async def run(self, stop: asyncio.Event, *, drain_s: float = 3.0) -> None:
         """Write until ``stop``; then keep writing for at most ``drain_s`` to catch up."""
