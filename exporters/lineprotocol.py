@@ -123,11 +123,12 @@ _EVENT = _Fields(Event, skip=("time_ns", "kind", "gpu_index", "uuid", "code", "s
 _REPORT = _Fields(Report, skip=("cluster", "node", "time_ns"))
 _AGENT = _Fields(AgentStats)
 
+_ERROR = ("error_code", "error_message")
 MEASUREMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # measurement: (tag keys, field keys) - what docs/schema.md documents, checked by tests
     "gpu": (
         ("cluster", "gpu", "model", "node", "uuid"),
-        (*_GPU.names, "clock_event_reasons", "clock_event_mask", "error_code", "error_message"),
+        (*_GPU.names, "clock_event_reasons", "clock_event_mask", "failed", *_ERROR),
     ),
     "gpu_mig": (
         ("ci", "cluster", "gi", "gpu", "node", "profile", "uuid"),
@@ -223,7 +224,11 @@ class Encoder:
         if reasons is not None:
             fields.append(f'clock_event_reasons="{escape_string(",".join(reasons))}"')
             fields.append(f"clock_event_mask={mask(reasons)}i")
-        if g.error is not None:
+        # Always written, so "is this GPU failing now" is the last value of one field.
+        if g.error is None:
+            fields.append("failed=0i")
+        else:
+            fields.append("failed=1i")
             fields.append(f'error_code="{g.error.code}"')
             fields.append(f'error_message="{escape_string(g.error.message)}"')
         if fields:
