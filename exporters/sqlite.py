@@ -1,19 +1,30 @@
 """The embedded SQLite store: the default sink, and what ``export`` and ``jobs`` read.
 
-The only module that imports sqlite3. The connection lives on one Worker thread for its
-whole life (sqlite3 objects belong to the thread that made them, and every call blocks on
-disk), so the event loop only awaits. The tables come from exporters/sqlite_schema.py.
+The exporters/sqlite*.py modules are the only ones that import sqlite3: this one (the
+sink), sqlite_schema.py (the raw tables, derived from the wire model), sqlite_rollup.py
+(the 1-minute rollups), sqlite_upkeep.py (expiry and rollups, in chunks) and
+sqlite_reader.py (reading back, for ``export`` and tests). The connection lives on one
+Worker thread for its whole life (sqlite3 objects belong to the thread that made them,
+and every call blocks on disk), so the event loop only awaits.
 
 Durability: WAL with ``synchronous=FULL``, because the aggregator moves this sink's cursor
 past a batch as soon as ``write`` returns, so a committed batch must survive power loss.
 A batch is one ``BEGIN IMMEDIATE`` transaction (the write lock is taken up front, so a
 busy database fails before anything is written, never half-way) and every row is keyed
 by what identifies it, written with INSERT OR REPLACE: writing a batch again after a
-crash gives the same rows.
+crash gives the same rows, also once they were rolled up (``drop_rolled`` in
+exporters/sqlite_rollup.py).
 
-Retention: rows older than ``retention_days`` are deleted by a pass that starts at most
-once per ``retention_every_s`` and is spread over the following writes, one bounded chunk
-per table per write, so a first pass over months of data never stalls one write for long.
+Retention and downsampling: gpu and host rows older than ``raw_days`` (default 2) become
+1-minute rollups (gpu_1m, host_1m: min, mean, max), and every row older than
+``retention_days`` (default 30; rollups included) is deleted. Events and agent rows stay
+raw until ``retention_days``: they are small, and the agent table is how loss is counted.
+Both are done by one pass that starts at most once per ``retention_every_s`` and is spread
+over the following writes, one bounded chunk per step per write, so a first pass over
+months of data never stalls one write for long (exporters/sqlite_upkeep.py).
+
+Schema versions: a file of an older version is migrated on open, in one transaction; a
+newer one is refused (we would corrupt it).
 """
 
 from __future__ import annotations
@@ -22,23 +33,25 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from exporters.base import SinkError
+from exporters.sqlite_reader import SqliteReader
+from exporters.sqlite_rollup import ROLLUPS, drop_rolled, rollback
 from exporters.sqlite_schema import (
-    ABSENT_KEY,
+    EVENT,
     SCHEMA_VERSION,
     TABLES,
-    Retention,
     Row,
+    Table,
     fit_int64,
     quote,
-    retention_days,
     to_rows,
-    where,
 )
+from exporters.sqlite_upkeep import Options, Retention, options
 from telemetryd.workers import Worker, WorkerBusy, WorkerTimeout
 
 if TYPE_CHECKING:
@@ -54,17 +67,19 @@ PAGE_SIZE = 8192
 the primary-key b-tree (WITHOUT ROWID); SQLite advises rows under 1/20 of a page for that."""
 CACHE_KIB = 64 * 1024  # page cache per connection: index inserts stay in memory
 WAL_LIMIT_BYTES = 64 << 20  # the WAL file is truncated back to this after a checkpoint
-CHUNK_ROWS = 10_000  # rows per table deleted by one retention step
-LARGE_DELETE_ROWS = 100_000  # a retention pass past this truncates the WAL afterwards
-VACUUM_PAGES_MAX = 8192  # pages (64 MiB) handed back to the filesystem per pass, at most
+ALL_TABLES = (*TABLES, *(r.table for r in ROLLUPS))
 # Built once: the connection's statement cache is keyed by the SQL text, so each INSERT is
 # prepared once per connection and only re-bound for every row after that.
 _INSERT = {table.name: table.insert() for table in TABLES}
+_DEFAULT = Options()
+
+__all__ = ["SqliteReader", "SqliteSink", "create"]
 
 
 def create(url: SinkUrl, cfg: AggregatorConfig) -> SqliteSink:
-    """The factory registered for ``sqlite:///PATH[?retention_days=N]``."""
-    return SqliteSink(url.path, retention_days=retention_days(url))
+    """The factory registered for ``sqlite:///PATH[?retention_days=N&raw_days=N]``."""
+    opts = options(url)
+    return SqliteSink(url.path, retention_days=opts.retention_days, raw_days=opts.raw_days)
 
 
 class SqliteSink:
@@ -74,7 +89,8 @@ class SqliteSink:
         self,
         path: str | Path,
         *,
-        retention_days: float = 7.0,
+        retention_days: float = _DEFAULT.retention_days,
+        raw_days: float = _DEFAULT.raw_days,
         retention_every_s: float = 3600.0,
         busy_timeout_s: float = 10.0,
         timeout_s: float = 60.0,
@@ -83,7 +99,7 @@ class SqliteSink:
         self.path = Path(path)
         # Shown in logs, metrics and the fleet summary: the file, without the options.
         self.name = f"sqlite://{self.path}"
-        self.retention = Retention(retention_days, retention_every_s)
+        self.retention = Retention(retention_days, retention_every_s, raw_days)
         self.busy_timeout_s = busy_timeout_s
         self.timeout_s = timeout_s
         self._clock = clock
@@ -95,12 +111,17 @@ class SqliteSink:
             "batches": 0,
             "write_errors": 0,
             "retention_deleted": 0,
+            "rollup_rows": 0,
             "retention_passes": 0,
             "retention_errors": 0,
         }
 
     def stats(self) -> dict[str, int]:
-        """Counters for the operator: rows per table, batches, errors, retention deletes."""
+        """Counters for the operator: rows per table, batches, errors, rows expired or rolled up.
+
+        ``rows_<table>``: rows written, less gpu and host rows of a report written again
+        after it was rolled up. ``rollup_rows``: raw rows rolled into gpu_1m and host_1m.
+        """
         return dict(self._stats)
 
     async def open(self) -> None:
@@ -122,10 +143,10 @@ class SqliteSink:
         self._count_retention(step)
 
     async def prune(self) -> int:
-        """Run a whole retention pass now, whatever the schedule; the rows deleted."""
+        """Run a whole pass (expiry and rollups) now, whatever the schedule; rows deleted."""
         step = await self._call(self._prune_sync, "sqlite retention")
         self._count_retention(step)
-        return step[0]
+        return step.deleted
 
     async def close(self) -> None:
         """Close the connection on its thread; safe after a failed or no ``open``."""
@@ -152,11 +173,11 @@ class SqliteSink:
             raise SinkError(f"sqlite {self.path}: {exc}") from None
         return result
 
-    def _count_retention(self, step: tuple[int, int, int]) -> None:
-        deleted, passes, errors = step
-        self._stats["retention_deleted"] += deleted
-        self._stats["retention_passes"] += passes
-        self._stats["retention_errors"] += errors
+    def _count_retention(self, step: Progress) -> None:
+        self._stats["retention_deleted"] += step.deleted
+        self._stats["rollup_rows"] += step.rolled
+        self._stats["retention_passes"] += step.passes
+        self._stats["retention_errors"] += step.errors
 
     # --- on the worker thread -------------------------------------------------------
 
@@ -187,18 +208,21 @@ class SqliteSink:
         self._con = con
         return con
 
-    def _write_sync(self, reports: Sequence[Report]) -> tuple[dict[str, int], tuple[int, int, int]]:
+    def _write_sync(self, reports: Sequence[Report]) -> tuple[dict[str, int], Progress]:
         con = self._open_sync()
         try:
             batch = to_rows(reports)
             con.execute("BEGIN IMMEDIATE")
             try:
+                rolled_before = self.retention.rolled_before_ns(self._clock())
+                if rolled_before is not None:
+                    batch = drop_rolled(con, batch, rolled_before)
                 for table, rows in batch.by_table():
                     if rows:
-                        _insert(con, _INSERT[table.name], rows)
+                        _insert(con, table, rows)
                 con.execute("COMMIT")
             except BaseException:
-                _rollback(con)
+                rollback(con)
                 raise
         except (sqlite3.Error, TypeError, ValueError, AttributeError, OverflowError) as exc:
             # We would rather be retried than drop a report: the aggregator keeps the batch.
@@ -206,44 +230,38 @@ class SqliteSink:
         written = {table.name: len(rows) for table, rows in batch.by_table()}
         return written, self._retention_step(con, full=False)
 
-    def _prune_sync(self) -> tuple[int, int, int]:
+    def _prune_sync(self) -> Progress:
         con = self._open_sync()
         self.retention.make_due()
         return self._retention_step(con, full=True)
 
-    def _retention_step(self, con: sqlite3.Connection, *, full: bool) -> tuple[int, int, int]:
-        """Delete one chunk per table of an ongoing pass; (deleted, passes ended, errors).
+    def _retention_step(self, con: sqlite3.Connection, *, full: bool) -> Progress:
+        """One chunk per step of an ongoing pass (all of the pass if ``full``).
 
         Failures are logged and counted, not raised: the batch is already committed, and
         the next step retries. A clock that went back starts a pass instead of waiting.
         """
         plan = self.retention
         if not plan.begin(self._clock()):
-            return 0, 0, 0
-        deleted = 0
+            return Progress()
+        deleted, rolled = plan.deleted, plan.rolled
         try:
-            while plan.pending:
-                for table in list(plan.pending):
-                    n, done = _delete_chunk(con, table.name, plan.cutoff_ns)
-                    deleted += n
-                    if done:
-                        plan.pending.remove(table)
-                if not full:
-                    break
-            plan.deleted += deleted
+            plan.advance(con, full=full)
             if plan.pending:
-                return deleted, 0, 0
-            shrunk = _give_back_space(con)
-            if shrunk or plan.deleted >= LARGE_DELETE_ROWS:
-                # Copies the WAL into the file (which is when it shrinks) and truncates it.
-                con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                return Progress(plan.deleted - deleted, plan.rolled - rolled)
+            plan.finish(con)
         except sqlite3.Error as exc:
-            _rollback(con)
+            rollback(con)
             log.warning("sqlite %s: retention: %s (retried on a later write)", self.path, exc)
-            return deleted, 0, 1
-        if plan.deleted:
-            log.info("sqlite %s: retention deleted %d rows", self.path, plan.deleted)
-        return deleted, 1, 0
+            return Progress(plan.deleted - deleted, plan.rolled - rolled, errors=1)
+        if plan.deleted or plan.rolled:
+            log.info(
+                "sqlite %s: retention deleted %d rows, rolled up %d",
+                self.path,
+                plan.deleted,
+                plan.rolled,
+            )
+        return Progress(plan.deleted - deleted, plan.rolled - rolled, passes=1)
 
     def _close_sync(self) -> None:
         con, self._con = self._con, None
@@ -273,27 +291,52 @@ def _configure(con: sqlite3.Connection, path: Path) -> None:
 
 
 def _create_schema(con: sqlite3.Connection, path: Path) -> None:
-    """Create or check the tables in one transaction, so a crash leaves no half schema."""
+    """Create, migrate or check the tables in one transaction: a crash leaves no half schema."""
     con.execute("BEGIN IMMEDIATE")
     try:
-        _check_version(con, path)
-        for table in TABLES:
-            for statement in table.create():
-                con.execute(statement)
-            have = {row[1] for row in con.execute(f"PRAGMA table_info({table.name})")}
-            for name, kind in table.columns:
-                if name not in have:  # a field the model gained since the file was made
-                    con.execute(f"ALTER TABLE {table.name} ADD COLUMN {quote(name)} {kind}")
+        version = _check_version(con, path)
+        if version:
+            while version < SCHEMA_VERSION:
+                _MIGRATIONS[version](con)
+                version += 1
+                log.info("sqlite %s: migrated to schema version %d", path, version)
+        for table in ALL_TABLES:
+            _create_table(con, table)
         con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         con.execute("COMMIT")
     except BaseException:
-        _rollback(con)
+        rollback(con)
         raise
 
 
-def _check_version(con: sqlite3.Connection, path: Path) -> None:
-    """Refuse a file another program or a newer telemetryd made: we would corrupt it."""
-    version = con.execute("PRAGMA user_version").fetchone()[0]
+def _create_table(con: sqlite3.Connection, table: Table) -> None:
+    """Create the table and its indexes if missing, and add the columns it lacks."""
+    for statement in table.create():
+        con.execute(statement)
+    have = {row[1] for row in con.execute(f"PRAGMA table_info({table.name})")}
+    for name, kind in table.columns:
+        if name not in have:  # a field the model gained since the file was made
+            con.execute(f"ALTER TABLE {table.name} ADD COLUMN {quote(name)} {kind}")
+
+
+def _to_2(con: sqlite3.Connection) -> None:
+    """1 to 2: the rollup tables; event ``position``, ``details`` and (boot_id, seq) index.
+
+    Only additions: every row keeps its values. Events stored by version 1 have no
+    position; the reader returns those of one report in key order.
+    """
+    for rollup in ROLLUPS:
+        _create_table(con, rollup.table)
+    _create_table(con, EVENT)
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_2}
+"""From each older version to the next, run in order inside the open's transaction."""
+
+
+def _check_version(con: sqlite3.Connection, path: Path) -> int:
+    """The file's schema version; refuse one another program or a newer telemetryd made."""
+    version: int = con.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise SinkError(
             f"sqlite {path}: database schema version {version} is newer than this "
@@ -304,137 +347,30 @@ def _check_version(con: sqlite3.Connection, path: Path) -> None:
         raise SinkError(
             f"sqlite {path}: has tables but no telemetryd schema version; not a telemetryd database"
         )
-    if 0 < version < SCHEMA_VERSION:
+    if 0 < version < SCHEMA_VERSION and version not in _MIGRATIONS:
         raise SinkError(
             f"sqlite {path}: database schema version {version} has no migration to {SCHEMA_VERSION}"
         )
+    return version
 
 
-def _insert(con: sqlite3.Connection, sql: str, rows: list[Row]) -> None:
+def _insert(con: sqlite3.Connection, table: Table, rows: list[Row]) -> None:
+    sql = _INSERT[table.name]
     try:
         con.executemany(sql, rows)
     except OverflowError:
         # A counter past 2**63 (the wire allows uint64) does not fit an SQLite INTEGER;
         # stored as REAL it keeps its magnitude, where refusing it would block the sink
-        # forever. Rows already inserted by the first attempt are simply replaced.
-        con.executemany(sql, [fit_int64(row) for row in rows])
+        # forever, and its exact value goes into details. Rows already inserted by the
+        # first attempt are simply replaced.
+        con.executemany(sql, [fit_int64(table, row) for row in rows])
 
 
-def _rollback(con: sqlite3.Connection) -> None:
-    # SQLite rolls back by itself on some errors (disk full, I/O); then there is nothing to do.
-    if con.in_transaction:
-        try:
-            con.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            log.warning("sqlite rollback failed: %s", exc)
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What one retention step did: rows deleted, raw rows rolled up, passes ended, errors."""
 
-
-def _delete_chunk(con: sqlite3.Connection, table: str, cutoff_ns: int) -> tuple[int, bool]:
-    """Delete up to about CHUNK_ROWS rows older than ``cutoff_ns``; (deleted, table done).
-
-    WITHOUT ROWID tables have no rowid to page through, so the chunk is a time bound: the
-    time of the CHUNK_ROWS-th oldest expired row, found on the key (time_ns comes first).
-    """
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        bound = con.execute(
-            f"SELECT time_ns FROM {table} WHERE time_ns < ? ORDER BY time_ns LIMIT 1 OFFSET ?",  # noqa: S608
-            (cutoff_ns, CHUNK_ROWS),
-        ).fetchone()
-        if bound is None:
-            n = con.execute(f"DELETE FROM {table} WHERE time_ns < ?", (cutoff_ns,)).rowcount  # noqa: S608
-        else:
-            n = con.execute(f"DELETE FROM {table} WHERE time_ns <= ?", (bound[0],)).rowcount  # noqa: S608
-        con.execute("COMMIT")
-    except BaseException:
-        _rollback(con)
-        raise
-    return n, bound is None
-
-
-def _give_back_space(con: sqlite3.Connection) -> bool:
-    """Return free pages to the filesystem once a quarter of the file is free.
-
-    Pages freed by steady retention are reused by new rows, so shrinking the file each
-    hour would only grow it again; a large free share means retention was shortened or
-    nodes retired, and then the space is worth returning, a bounded slice per pass.
-    """
-    free = con.execute("PRAGMA freelist_count").fetchone()[0]
-    pages = con.execute("PRAGMA page_count").fetchone()[0]
-    if free <= pages // 4:
-        return False
-    # Not execute(): through it the pragma frees one page and stops; executescript steps
-    # it to the end.
-    con.executescript(f"PRAGMA incremental_vacuum({min(free, VACUUM_PAGES_MAX)});")
-    return True
-
-
-class SqliteReader:
-    """Read-only access to a sink's file, for tests, ``telemetryd export`` and ``jobs``.
-
-    Rows come back as dicts of column name to stored value: bools as 0/1, absent as None,
-    ``clock_event_reasons`` comma-joined, lists and dicts as the JSON text in ``details``.
-    """
-
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:
-        self.path = Path(path)
-        uri = self.path.resolve().as_uri() + "?mode=ro"
-        try:
-            self._con = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s)
-            self._con.row_factory = sqlite3.Row
-            version = self._con.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.Error as exc:
-            raise SinkError(f"sqlite {self.path}: cannot open for reading: {exc}") from None
-        if version != SCHEMA_VERSION:
-            self._con.close()
-            raise SinkError(
-                f"sqlite {self.path}: schema version {version}, this telemetryd reads "
-                f"{SCHEMA_VERSION}" + (" (not a telemetryd database?)" if version == 0 else "")
-            )
-
-    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        try:
-            return [dict(row) for row in self._con.execute(sql, args)]
-        except sqlite3.Error as exc:
-            raise SinkError(f"sqlite {self.path}: read failed: {exc}") from None
-
-    def report_keys(self) -> set[tuple[str, str, int]]:
-        """(node, boot_id, seq) of every report stored: what loss tests count against."""
-        rows = self._rows("SELECT node, boot_id, seq FROM agent")
-        return {(r["node"], r["boot_id"], r["seq"]) for r in rows}
-
-    def gpu_rows(
-        self, node: str | None = None, since_ns: int | None = None
-    ) -> list[dict[str, Any]]:
-        """GPU rows, oldest first, optionally of one node and from a time on."""
-        clause, args = where(node=node, since_ns=since_ns)
-        sql = f"SELECT * FROM gpu{clause} ORDER BY time_ns, node, gpu_index"  # noqa: S608
-        return self._rows(sql, args)
-
-    def events(self, node: str | None = None) -> list[dict[str, Any]]:
-        """Events, oldest first; absent gpu_index and code are None again."""
-        clause, args = where(node=node, since_ns=None)
-        sql = f"SELECT * FROM event{clause} ORDER BY time_ns, node"  # noqa: S608
-        rows = self._rows(sql, args)
-        for row in rows:
-            for key in ("gpu_index", "code"):
-                if row[key] == ABSENT_KEY:
-                    row[key] = None
-        return rows
-
-    def counts(self) -> dict[str, int]:
-        """Rows per table."""
-        counts = {}
-        for t in TABLES:
-            counts[t.name] = self._rows(f"SELECT count(*) AS n FROM {t.name}")[0]["n"]  # noqa: S608
-        return counts
-
-    def close(self) -> None:
-        """Release the file."""
-        self._con.close()
-
-    def __enter__(self) -> SqliteReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    deleted: int = 0
+    rolled: int = 0
+    passes: int = 0
+    errors: int = 0

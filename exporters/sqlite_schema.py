@@ -9,6 +9,12 @@ so nothing in a report is ever lost on its way into SQLite. A column that a newe
 adds to an existing database is added on open (``ALTER TABLE ... ADD COLUMN``, nullable,
 so it is instant); ``SCHEMA_VERSION`` only changes when keys or tables change shape.
 
+Why every table has ``details``, even one whose struct has no nested field: it is also
+where a value goes whose column cannot hold it exactly (an integer past SQLite's 64 bits,
+stored as REAL in its column; clock_event_reasons that commas cannot join back). A details
+key that names a column of the row holds that column's exact value, which is how
+exporters/sqlite_reader.py rebuilds every report exactly.
+
 Why every key starts with ``time_ns``: the key is what makes a write idempotent, but its
 column order is also the order rows are stored in. Keyed ``(node, gpu_index, time_ns)``,
 a batch from 1000 nodes lands in 8000 places of the table and each of those pages is
@@ -19,25 +25,28 @@ the gpu table to one secondary index, (uuid, time_ns): an index not led by time 
 page write per GPU per batch, and adding (node, gpu_index, time_ns) cost a third (7,200/s).
 Per-node questions go through the time-ordered key with a time bound, or the uuid index.
 
-No module here imports sqlite3 (exporters/sqlite.py is the only one); this module only
-says what the tables look like and turns reports into tuples in column order, with plain
-attribute access (``operator.attrgetter``) because row building is the sink's hot loop.
+No sqlite3 here: this module only says what the raw tables look like and turns reports
+into tuples in column order, with plain attribute access (``operator.attrgetter``) because
+row building is the sink's hot loop. The 1-minute rollup tables are derived from these in
+exporters/sqlite_rollup.py.
 """
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from telemetryd.codec import encode_json
 from telemetryd.fields import Fields, split_fields
 from telemetryd.model import AgentStats, Event, Gpu, Host, Report
-from telemetryd.urls import SinkUrl, UrlError
 
-SCHEMA_VERSION = 1
-"""``PRAGMA user_version`` of the layout below; bump when a key, table or index changes."""
+SCHEMA_VERSION = 2
+"""``PRAGMA user_version`` of the layout below; bump when a key, table or index changes.
+
+1: gpu, host, event, agent. 2: adds the gpu_1m and host_1m rollups, event ``position``
+(the event's place in its report) and ``details``, and the event (boot_id, seq) index."""
 
 ABSENT_KEY = -1
 """Stands for an absent ``gpu_index``/``code`` in the event key: SQLite treats NULLs in a
@@ -61,6 +70,13 @@ class Table:
     key: tuple[tuple[str, str], ...]
     columns: tuple[tuple[str, str], ...]
     indexes: tuple[tuple[str, ...], ...]
+    booleans: frozenset[str] = field(default=frozenset())
+    """INTEGER columns that hold a bool: a rollup keeps their last value, not a mean."""
+
+    @property
+    def time(self) -> str:
+        """The time column, first in the key: what retention and rollups bound on."""
+        return self.key[0][0]
 
     def all_columns(self) -> tuple[tuple[str, str], ...]:
         """Key columns first, then the others: the order of every row tuple."""
@@ -95,36 +111,41 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _details(*fields: Fields) -> tuple[tuple[str, str], ...]:
-    return (("details", "TEXT"),) if any(f.nested for f in fields) else ()
+def booleans(*fields: Fields) -> frozenset[str]:
+    """The names of the bool scalars (stored as INTEGER 0/1)."""
+    return frozenset(name for f in fields for name, kind in f.scalars if kind is bool)
 
+
+DETAILS = (("details", "TEXT"),)
 
 # The report's own fields: each is stored by a table below or (if nested and unclaimed)
 # in the agent row's details, so a new top-level field cannot be dropped either.
-_REPORT = split_fields(Report, skip={"node", "time_ns", "agent", "gpus", "host", "events"})
-_GPU = split_fields(Gpu, skip={"index", "error", "clock_event_reasons"})
-_HOST = split_fields(Host)
-_EVENT = split_fields(Event, skip={"time_ns", "kind", "gpu_index", "code"})
-_AGENT = split_fields(AgentStats)
+REPORT_FIELDS = split_fields(Report, skip={"node", "time_ns", "agent", "gpus", "host", "events"})
+GPU_FIELDS = split_fields(Gpu, skip={"index", "error", "clock_event_reasons"})
+HOST_FIELDS = split_fields(Host)
+EVENT_FIELDS = split_fields(Event, skip={"time_ns", "kind", "gpu_index", "code"})
+AGENT_FIELDS = split_fields(AgentStats)
 
 GPU = Table(
     "gpu",
     key=(("time_ns", "INTEGER"), ("node", "TEXT"), ("gpu_index", "INTEGER")),
     columns=(
         ("cluster", "TEXT"),
-        *scalar_columns(_GPU),
+        *scalar_columns(GPU_FIELDS),
         ("error_code", "TEXT"),
         ("error_message", "TEXT"),
         ("clock_event_reasons", "TEXT"),
-        *_details(_GPU),
+        *DETAILS,
     ),
     indexes=(("uuid", "time_ns"),),
+    booleans=booleans(GPU_FIELDS),
 )
 HOST = Table(
     "host",
     key=(("time_ns", "INTEGER"), ("node", "TEXT")),
-    columns=(("cluster", "TEXT"), *scalar_columns(_HOST), *_details(_HOST)),
+    columns=(("cluster", "TEXT"), *scalar_columns(HOST_FIELDS), *DETAILS),
     indexes=(("node", "time_ns"),),
+    booleans=booleans(HOST_FIELDS),
 )
 EVENT = Table(
     "event",
@@ -139,30 +160,45 @@ EVENT = Table(
         ("cluster", "TEXT"),
         ("boot_id", "TEXT"),
         ("seq", "INTEGER"),
-        *scalar_columns(_EVENT),
-        *_details(_EVENT),
+        ("position", "INTEGER"),
+        *scalar_columns(EVENT_FIELDS),
+        *DETAILS,
     ),
-    indexes=(("node", "time_ns"),),
+    # (boot_id, seq): how a report finds its events again. Events are rare, so this index
+    # not led by time costs little.
+    indexes=(("node", "time_ns"), ("boot_id", "seq")),
+    booleans=booleans(EVENT_FIELDS),
 )
 AGENT = Table(
     "agent",
     key=(("time_ns", "INTEGER"), ("node", "TEXT")),
-    columns=(*scalar_columns(_REPORT), *scalar_columns(_AGENT), *_details(_REPORT, _AGENT)),
+    columns=(*scalar_columns(REPORT_FIELDS), *scalar_columns(AGENT_FIELDS), *DETAILS),
     indexes=(("boot_id", "seq"), ("node", "time_ns")),
+    booleans=booleans(REPORT_FIELDS, AGENT_FIELDS),
 )
 TABLES = (GPU, HOST, EVENT, AGENT)
+_NESTED = {
+    "gpu": GPU_FIELDS.nested,
+    "host": HOST_FIELDS.nested,
+    "event": EVENT_FIELDS.nested,
+    "agent": REPORT_FIELDS.nested,
+}
 
 
-def _check_names() -> None:
-    """Refuse at import a model field whose name clashes with a column of ours."""
-    for table in TABLES:
-        names = [name for name, _ in table.all_columns()]
-        clash = {n for n in names if names.count(n) > 1}
-        if clash:
-            raise TypeError(f"sqlite table {table.name}: model field(s) clash: {sorted(clash)}")
+def check_names(table: Table, nested: tuple[tuple[str, bool], ...] = ()) -> None:
+    """Refuse at import a model field whose name clashes with a column of ours.
+
+    A nested field may not be named like a column either: in ``details`` a column's name
+    means that column's exact value.
+    """
+    names = [name for name, _ in table.all_columns()]
+    clash = {n for n in names if names.count(n) > 1} | ({n for n, _ in nested} & set(names))
+    if clash:
+        raise TypeError(f"sqlite table {table.name}: model field(s) clash: {sorted(clash)}")
 
 
-_check_names()
+for _table in TABLES:
+    check_names(_table, _NESTED[_table.name])
 
 Nested = tuple[tuple[str, bool], ...]
 
@@ -183,17 +219,21 @@ def _nested_items(obj: Any, fields: Nested) -> list[tuple[str, Any]]:
     return items
 
 
-_gpu_values = _GPU.getter()
-_host_values = _HOST.getter()
-_event_values = _EVENT.getter()
-_agent_values = _AGENT.getter()
-_report_values = _REPORT.getter()
-_GPU_NESTED = _GPU.nested
-_HOST_NESTED = _HOST.nested
-_EVENT_NESTED = _EVENT.nested
-_REPORT_NESTED = _REPORT.nested
-_AGENT_NESTED = _AGENT.nested
-_AGENT_DETAILS = bool(_REPORT_NESTED or _AGENT_NESTED)
+_gpu_values = GPU_FIELDS.getter()
+_host_values = HOST_FIELDS.getter()
+_event_values = EVENT_FIELDS.getter()
+_agent_values = AGENT_FIELDS.getter()
+_report_values = REPORT_FIELDS.getter()
+_GPU_NESTED = GPU_FIELDS.nested
+_HOST_NESTED = HOST_FIELDS.nested
+_EVENT_NESTED = EVENT_FIELDS.nested
+_REPORT_NESTED = REPORT_FIELDS.nested
+_AGENT_NESTED = AGENT_FIELDS.nested
+
+
+def joinable(reasons: list[str]) -> bool:
+    """Whether ``",".join(reasons)`` splits back into ``reasons``."""
+    return all(reasons) and not any("," in r for r in reasons)
 
 
 @dataclass(slots=True)
@@ -220,7 +260,6 @@ def to_rows(reports: Sequence[Report]) -> Batch:
     host: list[Row] = []
     event: list[Row] = []
     agent: list[Row] = []
-    gpu_details = bool(_GPU_NESTED)
     for r in reports:
         node = r.node
         t = r.time_ns
@@ -228,124 +267,70 @@ def to_rows(reports: Sequence[Report]) -> Batch:
         for g in r.gpus:
             err = g.error
             reasons = g.clock_event_reasons
-            row = (
-                t,
-                node,
-                g.index,
-                cluster,
-                *_gpu_values(g),
-                None if err is None else err.code,
-                None if err is None else err.message,
-                None if reasons is None else ",".join(reasons),
+            exact = (
+                None if reasons is None or joinable(reasons) else {"clock_event_reasons": reasons}
             )
-            gpu.append((*row, _json(g, _GPU_NESTED)) if gpu_details else row)
+            gpu.append(
+                (
+                    t,
+                    node,
+                    g.index,
+                    cluster,
+                    *_gpu_values(g),
+                    None if err is None else err.code,
+                    None if err is None else err.message,
+                    None if reasons is None else ",".join(reasons),
+                    _json(g, _GPU_NESTED, exact),
+                )
+            )
         h = r.host
         if h is not None:
-            row = (t, node, cluster, *_host_values(h))
-            host.append((*row, _json(h, _HOST_NESTED)) if _HOST_NESTED else row)
-        for e in r.events:
+            host.append((t, node, cluster, *_host_values(h), _json(h, _HOST_NESTED)))
+        for position, e in enumerate(r.events):
             gi = e.gpu_index
             code = e.code
-            row = (
-                e.time_ns,
-                node,
-                e.kind,
-                ABSENT_KEY if gi is None else gi,
-                ABSENT_KEY if code is None else code,
-                cluster,
-                r.boot_id,
-                r.seq,
-                *_event_values(e),
+            event.append(
+                (
+                    e.time_ns,
+                    node,
+                    e.kind,
+                    ABSENT_KEY if gi is None else gi,
+                    ABSENT_KEY if code is None else code,
+                    cluster,
+                    r.boot_id,
+                    r.seq,
+                    position,
+                    *_event_values(e),
+                    _json(e, _EVENT_NESTED),
+                )
             )
-            event.append((*row, _json(e, _EVENT_NESTED)) if _EVENT_NESTED else row)
         a = r.agent
-        row = (t, node, *_report_values(r), *_agent_values(a))
-        if _AGENT_DETAILS:
-            # An AgentStats field that is not scalar (none today) is kept as "agent.<name>".
-            extra = {f"agent.{k}": v for k, v in _nested_items(a, _AGENT_NESTED)}
-            row = (*row, _json(r, _REPORT_NESTED, extra))
-        agent.append(row)
+        # An AgentStats field that is not scalar (none today) is kept as "agent.<name>".
+        extra = {f"agent.{k}": v for k, v in _nested_items(a, _AGENT_NESTED)}
+        agent.append(
+            (t, node, *_report_values(r), *_agent_values(a), _json(r, _REPORT_NESTED, extra))
+        )
     return Batch(gpu, host, event, agent)
 
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
-def fit_int64(row: Row) -> Row:
-    """``row`` with integers beyond SQLite's 64-bit INTEGER as REAL (rare: the slow path)."""
-    return tuple(
-        float(v) if type(v) is int and not _INT64_MIN <= v <= _INT64_MAX else v for v in row
-    )
+def fit_int64(table: Table, row: Row) -> Row:
+    """``row`` with integers beyond SQLite's 64-bit INTEGER as REAL (rare: the slow path).
 
-
-def where(*, node: str | None, since_ns: int | None) -> tuple[str, list[Any]]:
-    """A WHERE clause (or "") and its bound values, for the reader's optional filters."""
-    clauses: list[str] = []
-    args: list[Any] = []
-    if node is not None:
-        clauses.append("node = ?")
-        args.append(node)
-    if since_ns is not None:
-        clauses.append("time_ns >= ?")
-        args.append(since_ns)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
-
-
-OPTIONS = ("retention_days",)
-
-
-def retention_days(url: SinkUrl) -> float:
-    """The URL's ``retention_days`` (default 7; 0 keeps everything), or UrlError.
-
-    Unknown options are refused too, so a misspelt ``retention_day=1`` is not 7 days.
+    The column keeps the magnitude, for queries; the exact integer goes into ``details``
+    under the column's name, for the reader. Every table's last column is ``details``.
     """
-    unknown = sorted({k for k, _ in url.options} - set(OPTIONS))
-    if unknown:
-        raise UrlError(
-            f"sqlite://{url.path}: unknown option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(OPTIONS)}"
-        )
-    raw = url.option("retention_days", "7")
-    try:
-        days = float(raw)
-    except ValueError:
-        days = -1.0
-    if not (math.isfinite(days) and days >= 0):
-        raise UrlError(
-            f"sqlite://{url.path}: retention_days={raw!r}; expected a number of days >= 0 "
-            "(0 keeps everything)"
-        )
-    return days
-
-
-class Retention:
-    """When a retention pass is due, what it deletes, and which tables it still has to visit.
-
-    A pass starts at most once per ``every_s`` of the injected wall clock (so tests need
-    not wait an hour), or at once when the clock went back rather than waiting for it.
-    """
-
-    def __init__(self, days: float, every_s: float) -> None:
-        self.keep_ns = int(days * 86400 * 1e9)
-        self.every_s = every_s
-        self.started = -math.inf
-        self.cutoff_ns = 0
-        self.pending: list[Table] = []
-        self.deleted = 0  # by the current pass so far
-
-    def begin(self, now: float) -> bool:
-        """Start a pass if one is due; True while a pass has tables left to visit."""
-        if self.pending:
-            return True
-        if self.keep_ns <= 0 or self.started <= now < self.started + self.every_s:
-            return False
-        self.started = now
-        self.cutoff_ns = int(now * 1e9) - self.keep_ns
-        self.pending = list(TABLES)
-        self.deleted = 0
-        return True
-
-    def make_due(self) -> None:
-        """Let the next ``begin`` start a pass whatever the schedule."""
-        if not self.pending:
-            self.started = -math.inf
+    names = [name for name, _ in table.all_columns()]
+    exact = {
+        names[i]: v
+        for i, v in enumerate(row)
+        if type(v) is int and not _INT64_MIN <= v <= _INT64_MAX
+    }
+    if not exact:
+        return row
+    details = json.loads(row[-1]) if row[-1] else {}
+    details.update(exact)
+    fitted = tuple(float(v) if names[i] in exact else v for i, v in enumerate(row[:-1]))
+    return (*fitted, encode_json(details).decode())

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from exporters.sqlite import SqliteReader
+from exporters.sqlite_reader import SqliteReader
 
 Key = tuple[str, str, int]  # node, boot_id, seq
 

@@ -14,6 +14,7 @@ from typing import Literal
 import pytest
 
 from exporters import sqlite as sq
+from exporters import sqlite_upkeep
 from exporters.base import SinkError
 from telemetryd import registry
 from telemetryd.config import AgentConfig, AggregatorConfig
@@ -82,6 +83,11 @@ async def write_all(path: Path, *batches, **kwargs) -> sq.SqliteSink:
 
 def read(path: Path) -> sq.SqliteReader:
     return sq.SqliteReader(path)
+
+
+def raw_counts(reader: sq.SqliteReader) -> dict[str, int]:
+    """Rows per raw table (the rollup tables left out)."""
+    return {k: v for k, v in reader.counts().items() if not k.endswith("_1m")}
 
 
 def raw(path: Path, sql: str, args=()) -> list[tuple]:
@@ -191,13 +197,13 @@ def test_a_counter_past_int64_is_stored_not_refused(db, reports):
 def test_the_same_batch_twice_gives_the_same_rows(db, reports):
     run(write_all(db, reports[:3], reports[:3]))
     with read(db) as r:
-        assert r.counts() == {"gpu": 24, "host": 3, "event": 0, "agent": 3}
+        assert raw_counts(r) == {"gpu": 24, "host": 3, "event": 0, "agent": 3}
 
 
 def test_overlapping_batches_leave_no_duplicates(db, reports):
     run(write_all(db, reports[:4], reports[2:6]))
     with read(db) as r:
-        assert r.counts() == {"gpu": 48, "host": 6, "event": 0, "agent": 6}
+        assert raw_counts(r) == {"gpu": 48, "host": 6, "event": 0, "agent": 6}
         assert len({(row["node"], row["gpu_index"], row["time_ns"]) for row in r.gpu_rows()}) == 48
 
 
@@ -249,7 +255,7 @@ def test_a_batch_failing_part_way_leaves_nothing_and_the_next_write_succeeds(db,
             with pytest.raises(SinkError, match=rf"{db}.*boom"):
                 await sink.write(reports[1:4])
             with read(db) as r:
-                assert r.counts() == {"gpu": 8, "host": 1, "event": 0, "agent": 1}
+                assert raw_counts(r) == {"gpu": 8, "host": 1, "event": 0, "agent": 1}
             con.execute("DROP TRIGGER boom")
             con.commit()
             con.close()
@@ -260,7 +266,7 @@ def test_a_batch_failing_part_way_leaves_nothing_and_the_next_write_succeeds(db,
 
     run(scenario())
     with read(db) as r:
-        assert r.counts() == {"gpu": 32, "host": 4, "event": 1, "agent": 4}
+        assert raw_counts(r) == {"gpu": 32, "host": 4, "event": 1, "agent": 4}
 
 
 def test_a_locked_database_is_a_retryable_error_naming_the_file(db, reports):
@@ -339,7 +345,7 @@ def test_retention_deletes_old_rows_only_and_at_most_once_per_period(db, reports
             await sink.write([old, reports[2]])  # the first write starts a pass
             with read(db) as r:
                 assert r.report_keys() == {("sim-01", reports[2].boot_id, 2)}
-                assert r.counts() == {"gpu": 8, "host": 1, "event": 0, "agent": 1}
+                assert raw_counts(r) == {"gpu": 8, "host": 1, "event": 0, "agent": 1}
             await sink.write([old2])  # within the hour: kept for now
             with read(db) as r:
                 assert r.counts()["agent"] == 2
@@ -357,13 +363,13 @@ def test_retention_deletes_old_rows_only_and_at_most_once_per_period(db, reports
 
 
 def test_a_large_expiry_is_spread_over_writes_in_chunks(db, reports, monkeypatch):
-    monkeypatch.setattr(sq, "CHUNK_ROWS", 40)
+    monkeypatch.setattr(sqlite_upkeep, "CHUNK_ROWS", 40)
     old = [aged(reports[i % 4], 10 + i / 1000) for i in range(60)]
-    run(write_all(db, old, retention_days=0))
+    run(write_all(db, old, retention_days=0, raw_days=0))
     [(pages_before,)] = raw(db, "PRAGMA page_count")
 
     async def scenario() -> None:
-        sink = sq.SqliteSink(db, retention_days=7)
+        sink = sq.SqliteSink(db, retention_days=7, raw_days=0)
         await sink.open()
         try:
             await sink.write(reports[4:5])
@@ -371,7 +377,7 @@ def test_a_large_expiry_is_spread_over_writes_in_chunks(db, reports, monkeypatch
                 assert 0 < r.counts()["gpu"] < 480  # a chunk went, not all
             assert await sink.prune() > 0
             with read(db) as r:
-                assert r.counts() == {"gpu": 8, "host": 1, "event": 0, "agent": 1}
+                assert raw_counts(r) == {"gpu": 8, "host": 1, "event": 0, "agent": 1}
             # Most of the file was freed: the pages went back to the filesystem.
             [(free, pages)] = raw(db, "SELECT * FROM pragma_freelist_count, pragma_page_count")
             assert free <= pages // 4 and pages < pages_before
@@ -382,9 +388,9 @@ def test_a_large_expiry_is_spread_over_writes_in_chunks(db, reports, monkeypatch
 
 
 def test_retention_zero_keeps_everything(db, reports):
-    run(write_all(db, [aged(reports[0], 400)], retention_days=0))
+    run(write_all(db, [aged(reports[0], 400)], retention_days=0, raw_days=0))
     with read(db) as r:
-        assert r.counts()["agent"] == 1
+        assert raw_counts(r) == {"gpu": 8, "host": 1, "event": 0, "agent": 1}
 
 
 # --- schema ---------------------------------------------------------------------------
@@ -503,6 +509,7 @@ def test_counters_and_close_without_open(db, reports):
         "batches": 2,
         "write_errors": 0,
         "retention_deleted": 0,
+        "rollup_rows": 0,
         "retention_passes": 1,
         "retention_errors": 0,
     }
