@@ -245,6 +245,114 @@ def broker_passwd(user: str) -> None:
     click.echo(f"{user}:{broker_mod.hash_password(password)}")
 
 
+def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from telemetryd.timespec import TimeSpecError, parse_time
+
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except TimeSpecError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+@cli.command("export")
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    metavar="URL",
+    help="The store to read: sqlite:///PATH (the aggregator's embedded store).",
+)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="URL",
+    help="The store to write: influxdb2://host:8086?org=O&bucket=B, "
+    "influxdb://[USER@]host:8086/DB[?rp=RP] or sqlite:///PATH.",
+)
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML file whose [aggregator.influxdb] has the target's credentials.",
+)
+@click.option(
+    "--since",
+    callback=_when,
+    metavar="T",
+    help="Only reports from T on: 2026-11-30, 2026-11-30T08:00:00Z, 24h, 7d...",
+)
+@click.option("--until", callback=_when, metavar="T", help="Only reports before T.")
+@click.option("--node", metavar="NAME", help="Only this node's reports.")
+@click.option(
+    "--rollups/--no-rollups",
+    default=True,
+    show_default=True,
+    help="Also export the 1-minute rollups (InfluxDB targets: gpu_1m, host_1m).",
+)
+@click.option(
+    "--dead-letters",
+    type=click.Path(dir_okay=False),
+    default="telemetryd-export-deadletter.jsonl",
+    show_default=True,
+    help="Where lines the target refuses for good are kept, with its reason.",
+)
+@click.option(
+    "--retry-for",
+    type=click.FloatRange(0, 86400),
+    default=300.0,
+    show_default=True,
+    help="Seconds to keep retrying a failing target before stopping.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 100_000),
+    default=500,
+    show_default=True,
+    help="Reports per write.",
+)
+def export_cmd(
+    source: str, target: str, config_file: str | None, since: int | None, until: int | None,
+    node: str | None, rollups: bool, dead_letters: str, retry_for: float, batch: int,
+) -> None:  # fmt: skip
+    """Copy reports from the SQLite store into another store (a backfill).
+
+    Writes are idempotent: exporting what a store already holds changes nothing, so an
+    interrupted export is resumed by running it again (with --since to skip ahead).
+    """
+    import asyncio
+    import time
+    from pathlib import Path
+
+    from telemetryd import export as export_mod
+    from telemetryd.configload import load
+    from telemetryd.deadletter import DeadLetters
+
+    cfg = load(config_file).config.aggregator
+    letters = DeadLetters(Path(dead_letters), max_bytes=cfg.deadletter_max_bytes)
+    started = time.monotonic()
+    shown = [started]
+
+    def progress(stats: export_mod.ExportStats) -> None:
+        now = time.monotonic()
+        if now - shown[0] >= 2.0:
+            shown[0] = now
+            rate = stats.reports / max(now - started, 1e-9)
+            click.echo(f"telemetryd export: {stats.line()} so far ({rate:.0f} reports/s)",
+                       err=True)  # fmt: skip
+
+    stats = asyncio.run(export_mod.export(
+        source, target, cfg, letters, since_ns=since, until_ns=until, node=node, batch=batch,
+        rollups=rollups, retry_for=retry_for, progress=progress,
+    ))  # fmt: skip
+    click.echo(f"exported {stats.line()} in {time.monotonic() - started:.1f} s")
+    if stats.lines_set_aside or stats.reports_refused:
+        click.echo(f"refused items are in {dead_letters}, with the target's reason", err=True)
+
+
 @cli.group()
 def config() -> None:
     """Check configuration files and print documented samples."""
