@@ -34,10 +34,15 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from exporters.base import SinkError, SinkRejected
 from exporters.lineprotocol import Encoder
 from telemetryd.model import Report
+
+if TYPE_CHECKING:
+    from telemetryd.config import InfluxConfig
+    from telemetryd.urls import SinkUrl
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +200,12 @@ class LineWriter:
         return SinkError(f"{self.name}: {status} {text}", retry_after=reply.retry_after)
 
 
+def server(url: SinkUrl) -> tuple[str, str]:
+    """(``http[s]://host:port`` to send to, ``host:port`` for names); IPv6 in brackets."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{'https' if url.tls else 'http'}://{host}:{url.port}", f"{host}:{url.port}"
+
+
 @dataclass(slots=True)
 class _Pending:
     """A batch being delivered: kept across retries so a retry resumes where it stopped."""
@@ -216,11 +227,14 @@ class LineSink:
 
     name: str
 
-    def __init__(self, name: str, writer: LineWriter) -> None:
+    def __init__(self, name: str, post: Post, cfg: InfluxConfig, what: str) -> None:
         self.name = name
-        self.writer = writer
+        self.writer = LineWriter(
+            name, post, batch_lines=cfg.batch_lines, auth_retry=cfg.auth_retry,
+            compress=cfg.gzip, counters=LineCounters(), what=what,
+        )  # fmt: skip
         self.encoder = Encoder()
-        self.line_stats = writer.counters
+        self.line_stats = self.writer.counters
         self._pending: _Pending | None = None
 
     async def write(self, reports: Sequence[Report]) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from exporters.base import SinkError
 from exporters.http import HttpClient, HttpUnavailable, Reply, basic_auth
-from exporters.influx_write import LineCounters, LineSink, LineWriter, WriteReply, retry_after
+from exporters.influx_write import LineSink, WriteReply, retry_after, server
 from telemetryd.secrets import Secret, read_secret, secret_path
 
 if TYPE_CHECKING:
@@ -47,9 +47,7 @@ class InfluxV1Sink(LineSink):
     """Writes to one 1.x database (and retention policy) over HTTP(S)."""
 
     def __init__(self, url: SinkUrl, cfg: InfluxConfig) -> None:
-        scheme = "https" if url.tls else "http"
-        host = f"[{url.host}]" if ":" in url.host else url.host
-        self.base = f"{scheme}://{host}:{url.port}"
+        self.base, where = server(url)
         self.database = url.database
         self.username = url.username
         self.cfg = cfg
@@ -58,20 +56,10 @@ class InfluxV1Sink(LineSink):
             self.params["rp"] = url.retention_policy
         # The name keys the sink's cursor in the WAL: the destination, not how we log in.
         rp = f"?rp={url.retention_policy}" if url.retention_policy else ""
-        name = f"influxdb://{host}:{url.port}/{url.database}{rp}"
         what = f"database {url.database!r}" + (
             f" or retention policy {url.retention_policy!r}" if url.retention_policy else ""
         )
-        writer = LineWriter(
-            name,
-            self._post,
-            batch_lines=cfg.batch_lines,
-            auth_retry=cfg.auth_retry,
-            compress=cfg.gzip,
-            counters=LineCounters(),
-            what=what,
-        )
-        super().__init__(name, writer)
+        super().__init__(f"influxdb://{where}/{url.database}{rp}", self._post, cfg, what)
         self._client: HttpClient | None = None
         self._headers: dict[str, str] = {}
         self._refused = False  # the server refused the password: read it again before the retry

@@ -23,7 +23,7 @@ from influxdb_client.rest import ApiException
 
 from exporters.base import SinkError
 from exporters.http import TRANSPORT_ERRORS, describe
-from exporters.influx_write import LineCounters, LineSink, LineWriter, WriteReply, retry_after
+from exporters.influx_write import LineSink, WriteReply, retry_after, server
 from telemetryd.secrets import read_secret, secret_path
 
 if TYPE_CHECKING:
@@ -56,22 +56,12 @@ class InfluxV2Sink(LineSink):
     """Writes to one bucket of one organisation."""
 
     def __init__(self, url: SinkUrl, cfg: InfluxConfig) -> None:
-        host = f"[{url.host}]" if ":" in url.host else url.host
-        self.url = f"{'https' if url.tls else 'http'}://{host}:{url.port}"
+        self.url, where = server(url)
         self.org = url.org
         self.bucket = url.bucket
         self.cfg = cfg
-        name = f"influxdb2://{host}:{url.port}?org={url.org}&bucket={url.bucket}"
-        writer = LineWriter(
-            name,
-            self._post,
-            batch_lines=cfg.batch_lines,
-            auth_retry=cfg.auth_retry,
-            compress=cfg.gzip,
-            counters=LineCounters(),
-            what=f"bucket {url.bucket!r} of org {url.org!r}",
-        )
-        super().__init__(name, writer)
+        name = f"influxdb2://{where}?org={url.org}&bucket={url.bucket}"
+        super().__init__(name, self._post, cfg, f"bucket {url.bucket!r} of org {url.org!r}")
         self._client: Any = None
         self._writes: Any = None
         self._refused = False  # the server refused the token: read it again before the retry

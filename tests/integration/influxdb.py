@@ -10,7 +10,6 @@ locally and fail under CI (a missing service is a failure there).
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -20,9 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.integration.mosquitto import free_port, in_ci
+from tests.integration.mosquitto import free_port, require_binary
 
 INFLUXD_BIN = "/usr/bin/influxd"
 INSTALL_HINT = "install Debian's influxdb package (scripts/test does)"
@@ -31,12 +28,7 @@ START_TIMEOUT_S = 30.0
 
 def influxd_binary() -> str:
     """The server binary, or skip (locally) / fail (in CI) when it is not installed."""
-    found = shutil.which("influxd") or (INFLUXD_BIN if Path(INFLUXD_BIN).is_file() else None)
-    if found:
-        return found
-    if in_ci():
-        pytest.fail(f"{INFLUXD_BIN} not found (a missing service fails in CI): {INSTALL_HINT}")
-    pytest.skip(INSTALL_HINT)
+    return require_binary("influxd", INFLUXD_BIN, INSTALL_HINT)
 
 
 class InfluxDBError(RuntimeError):

@@ -56,28 +56,26 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def mosquitto_binary() -> str:
-    """The broker binary, or skip (locally) / fail (in CI) when it is not installed."""
-    if Path(MOSQUITTO_BIN).is_file() and os.access(MOSQUITTO_BIN, os.X_OK):
-        return MOSQUITTO_BIN
-    found = shutil.which("mosquitto")
+def require_binary(name: str, path: str, hint: str) -> str:
+    """A server's binary: ``path`` or ``name`` on PATH; skip locally, fail under CI."""
+    if Path(path).is_file() and os.access(path, os.X_OK):
+        return path
+    found = shutil.which(name)
     if found:
         return found
     if in_ci():
-        pytest.fail(f"{MOSQUITTO_BIN} not found (a missing service fails in CI): {INSTALL_HINT}")
-    pytest.skip(INSTALL_HINT)
+        pytest.fail(f"{path} not found (a missing service fails in CI): {hint}")
+    pytest.skip(hint)
+
+
+def mosquitto_binary() -> str:
+    """The broker binary, or skip (locally) / fail (in CI) when it is not installed."""
+    return require_binary("mosquitto", MOSQUITTO_BIN, INSTALL_HINT)
 
 
 def mosquitto_passwd_binary() -> str:
     """``mosquitto_passwd`` (same package), with the same skip/fail rule as the broker."""
-    found = shutil.which("mosquitto_passwd") or (
-        MOSQUITTO_PASSWD_BIN if Path(MOSQUITTO_PASSWD_BIN).is_file() else None
-    )
-    if found:
-        return found
-    if in_ci():
-        pytest.fail(f"mosquitto_passwd not found: {INSTALL_HINT}")
-    pytest.skip(INSTALL_HINT)
+    return require_binary("mosquitto_passwd", MOSQUITTO_PASSWD_BIN, INSTALL_HINT)
 
 
 class MosquittoError(RuntimeError):

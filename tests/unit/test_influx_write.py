@@ -28,6 +28,7 @@ from exporters.influx_write import (
     retry_after,
 )
 from exporters.lineprotocol import Encoder
+from telemetryd.config import InfluxConfig
 from telemetryd.model import Report, decode_report
 from tests.reports import sampled
 
@@ -123,6 +124,11 @@ def writer(post: Rule, *, batch_lines: int = 5000, compress: bool = False) -> Li
         counters=LineCounters(),
         what="bucket 'b' of org 'o'",
     )
+
+
+def line_sink(post: Rule, *, batch_lines: int = 5000) -> LineSink:
+    cfg = InfluxConfig(batch_lines=batch_lines, auth_retry=30.0, gzip=False)
+    return LineSink("influxdb2://db:8086?org=o&bucket=b", post, cfg, "bucket 'b' of org 'o'")
 
 
 def lines(n: int, bad: set[int] = frozenset()) -> list[str]:
@@ -302,7 +308,7 @@ def test_line_sink_resumes_an_interrupted_batch_and_counts_each_line_once():
     batch = reports(4)
     sent = Encoder().encode(batch)
     rule = Rule()
-    sink = LineSink("influxdb2://db:8086?org=o&bucket=b", writer(rule, batch_lines=10))
+    sink = line_sink(rule, batch_lines=10)
     rule.fail_after = 3  # three requests of 10 lines go in, then the server is gone
     rule.fail = [SinkError("no answer"), SinkError("no answer")]
     for _ in range(2):
@@ -333,7 +339,7 @@ def test_line_sink_reports_lines_set_aside_before_and_after_an_interruption():
             text = text.replace(sent[i] + "\n", sent[i] + " poison\n")
         return await original(text.encode())
 
-    sink = LineSink("influxdb2://db:8086?org=o&bucket=b", writer(rule, batch_lines=8))
+    sink = line_sink(rule, batch_lines=8)
     sink.writer.post = post
     rule.fail_after = 5  # the first chunk's bisection is done, the next chunk fails
     rule.fail = [WriteReply(503, "unavailable", 2.0)]
@@ -352,6 +358,6 @@ def test_line_sink_reports_lines_set_aside_before_and_after_an_interruption():
 
 def test_line_sink_empty_batch_sends_nothing():
     rule = Rule()
-    sink = LineSink("influxdb2://db:8086?org=o&bucket=b", writer(rule))
+    sink = line_sink(rule)
     asyncio.run(sink.write([]))
     assert rule.requests == []

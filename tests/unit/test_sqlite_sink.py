@@ -25,13 +25,10 @@ from telemetryd.model import (
     GpuError,
     Host,
     Report,
-    decode_report,
-    encode_report,
 )
 from telemetryd.sampler import open_sampler
 from telemetryd.urls import UrlError, parse_sink_url
-
-DAY_NS = 86400 * 10**9
+from tests.unit.sqlite_cases import DAY_NS, copy, run, write_all
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +45,6 @@ def sampled() -> list[Report]:
         sampler.close()
 
 
-def copy(report: Report, **changes) -> Report:
-    """A deep copy (through the wire encoding) with some top-level fields changed."""
-    new = decode_report(encode_report(report))
-    for key, value in changes.items():
-        setattr(new, key, value)
-    return new
-
-
 @pytest.fixture
 def reports(sampled) -> list[Report]:
     return [copy(r) for r in sampled]
@@ -64,21 +53,6 @@ def reports(sampled) -> list[Report]:
 @pytest.fixture
 def db(tmp_path) -> Path:
     return tmp_path / "deep" / "dir" / "telemetry.db"
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-async def write_all(path: Path, *batches, **kwargs) -> sq.SqliteSink:
-    sink = sq.SqliteSink(path, **kwargs)
-    await sink.open()
-    try:
-        for batch in batches:
-            await sink.write(batch)
-    finally:
-        await sink.close()
-    return sink
 
 
 def read(path: Path) -> sq.SqliteReader:
