@@ -1,4 +1,4 @@
-"""Which report field is served under which dcgm-exporter name, in which unit (pure data).
+"""Which report field is served under which dcgm-exporter name, in which unit.
 
 Why dcgm-exporter's names: most GPU sites already have its dashboards and alert rules, and
 they work unchanged when the same series, with the same labels and units, come from us.
@@ -21,7 +21,9 @@ Names and units are from NVIDIA/DCGM ``dcgmlib/dcgm_fields.h`` and dcgm-exporter
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
+
+from telemetryd.clock_events import mask
 
 Conversion = Literal["raw", "mib", "ratio", "us", "bool", "mask", "recovery"]
 
@@ -212,3 +214,26 @@ GPU_LABELS = {
     "gi_profile": ("GPU_I_PROFILE", "gpu_i_profile"),
 }
 """Label names of GPU series for ``[aggregator.prometheus] labels`` = "dcgm" or "snake"."""
+
+
+def to_dcgm(conversion: Conversion, value: Any) -> float | None:
+    """Our field's value in DCGM's unit; None when it has no number."""
+    if value is None:
+        return None
+    if conversion == "raw":
+        return float(value)
+    if conversion == "mib":
+        return float(value >> 20)
+    if conversion == "ratio":
+        return float(value) / 100.0
+    if conversion == "us":
+        return float(value // 1000)
+    if conversion == "bool":
+        return 1.0 if value else 0.0
+    if conversion == "mask":
+        return float(mask(value))
+    # recovery: a known name, or action_<n> for a number this version has no name for
+    number = RECOVERY_ACTIONS.get(value)
+    if number is None and value.startswith("action_") and value[7:].isdigit():
+        number = int(value[7:])
+    return None if number is None else float(number)

@@ -33,16 +33,14 @@ from exporters.dcgm_names import (
     MIG_FIELDS,
     NVLINK_BANDWIDTH,
     NVLINK_BANDWIDTH_HELP,
-    RECOVERY_ACTIONS,
     SNAKE_RENAMES,
     XID_COUNT,
     XID_COUNT_HELP,
     XID_ERRORS,
     XID_ERRORS_HELP,
-    Conversion,
+    to_dcgm,
 )
 from exporters.fleetview import FleetView, Labels, NodeView, ServiceStats, SinkStats, Xid
-from telemetryd.clock_events import mask
 from telemetryd.config import PrometheusConfig
 from telemetryd.model import Host, Report
 
@@ -62,29 +60,6 @@ class _Family:
 
     def add(self, labels: Labels, value: float) -> None:
         self.metric.samples.append(Sample(self.sample_name, labels, value))
-
-
-def _convert(conversion: Conversion, value: Any) -> float | None:
-    """Our field's value in DCGM's unit; None when it has no number."""
-    if value is None:
-        return None
-    if conversion == "raw":
-        return float(value)
-    if conversion == "mib":
-        return float(value >> 20)
-    if conversion == "ratio":
-        return float(value) / 100.0
-    if conversion == "us":
-        return float(value // 1000)
-    if conversion == "bool":
-        return 1.0 if value else 0.0
-    if conversion == "mask":
-        return float(mask(value))
-    # recovery: a known name, or action_<n> for a number this version has no name for
-    number = RECOVERY_ACTIONS.get(value)
-    if number is None and value.startswith("action_") and value[7:].isdigit():
-        number = int(value[7:])
-    return None if number is None else float(number)
 
 
 # (our Host attribute, series name, help) for the scalar host values
@@ -149,12 +124,12 @@ class FleetCollector(Collector):
             for view in node.gpus:
                 gpu, labels = view.gpu, view.labels
                 for spec, family in fields:
-                    value = _convert(spec.conversion, getattr(gpu, spec.field))
+                    value = to_dcgm(spec.conversion, getattr(gpu, spec.field))
                     if value is not None:
                         family.add(labels, value)
                 for device, mig_labels in view.mig:
                     for spec, family in mig_fields:
-                        value = _convert(spec.conversion, getattr(device, spec.field))
+                        value = to_dcgm(spec.conversion, getattr(device, spec.field))
                         if value is not None:
                             family.add(mig_labels, value)
                 if view.nvlink_kib_s is not None:
