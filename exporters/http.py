@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -150,9 +151,10 @@ class HttpServer:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
-            raise HttpServerError(
-                f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from None
+            # asyncio rewords the error ("error while attempting to bind on address ...");
+            # the errno says it in the operator's words.
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise HttpServerError(f"cannot listen on {self.host}:{self.port}: {why}") from None
         self._runner = runner
         if self.port == 0 and runner.addresses:  # asked for any free port: say which
             self.port = int(runner.addresses[0][1])

@@ -22,6 +22,7 @@ import logging
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exporters.base import Sink
 from exporters.mqtt import Message, MqttSession, MqttSettings, MqttUnavailable
@@ -42,6 +43,9 @@ from telemetryd.sinkrunner import Feed, SinkRunner, cursor_file
 from telemetryd.topics import fleet_event_topic, fleet_topic, subscriptions
 from telemetryd.urls import UrlError, parse_sink_url
 from telemetryd.wal import Wal, WalError
+
+if TYPE_CHECKING:
+    from exporters.prometheus import FleetCollector
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ class Aggregator:
         wal.advance_to(max([r.cursor for r in self.runners] + [self._saved_snapshot_index()]))
         self.events = 0
         self.connected = asyncio.Event()
+        self.mqtt_error = ""  # why the last connection attempt failed, for /readyz
+        self.metrics: FleetCollector | None = None  # fed each new report when /metrics is served
         self._session: MqttSession | None = None
         self._commit_lock = asyncio.Lock()
         self._summary_error = ""
@@ -180,6 +186,8 @@ class Aggregator:
             for report in reports:
                 self.fleet.claim(report)
                 fleet_events += self.fleet.on_report(report, now)
+                if self.metrics is not None:
+                    self.metrics.observe(report, now)
             for status in statuses:
                 self.fleet.on_status(status, now)
             return fleet_events
@@ -265,6 +273,7 @@ class Aggregator:
                     await session.subscribe([SYS_DROPPED], qos=0)
                     backoff.reset()
                     self._session = session
+                    self.mqtt_error = ""
                     self.connected.set()
                     log.info("consuming %s from %s", ", ".join(filters), self.settings.broker)
                     await self._consume(session, stop)
@@ -274,6 +283,7 @@ class Aggregator:
                 self._session = None
                 self.connected.clear()
             if failure:
+                self.mqtt_error = failure
                 delay = backoff.next()
                 log.warning("MQTT: %s; retrying in %.1fs", failure, delay)
                 if await stopped_within(stop, delay):
@@ -369,8 +379,21 @@ async def serve(cfg: AggregatorConfig, stop: asyncio.Event) -> None:
             settings=settings,
             directory=directory,
         )
-        await asyncio.to_thread(aggregator.recover)
-        log.info("aggregator: sinks %s, WAL %s", ", ".join(urls), wal.directory)
-        await aggregator.run(stop)
+        api = None
+        if cfg.listen:
+            from telemetryd.httpapi import HttpApi
+
+            api = HttpApi(aggregator, cfg.listen)
+        try:
+            if api is not None:
+                await api.start()  # before the replay, so a busy address is said at once
+            await asyncio.to_thread(aggregator.recover)
+            aggregator.metrics = api.ready() if api is not None else None
+            log.info("aggregator: sinks %s, WAL %s", ", ".join(urls), wal.directory)
+            await aggregator.run(stop)
+        finally:
+            wal.close()  # run() closes it too; this covers a failed start
+            if api is not None:
+                await api.stop()
     finally:
         lock.release()

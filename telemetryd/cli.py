@@ -186,12 +186,18 @@ def agent(
     metavar="NAME",
     help="Share the load with other aggregators through $share/NAME (MQTT 5).",
 )
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Serve /metrics (Prometheus), /healthz and /readyz here.  [default: not served]",
+)
 def aggregator(
     config_file: str | None,
     broker: str | None,
     state_dir: str | None,
     sinks: tuple[str, ...],
     shared_group: str | None,
+    listen: str | None,
 ) -> None:
     """Consume reports from MQTT, keep the fleet's state and write them to the sinks."""
     from telemetryd import aggregator as aggregator_mod
@@ -202,6 +208,7 @@ def aggregator(
         "aggregator.state_dir": ("--state-dir", state_dir),
         "aggregator.sinks": ("--sink", list(sinks) or None),
         "aggregator.shared_group": ("--shared-group", shared_group),
+        "aggregator.listen": ("--listen", listen),
     }))  # fmt: skip
     _serve(aggregator_mod.serve, loaded.config.aggregator)
 

@@ -120,6 +120,11 @@ def _aggregator(cfg: AggregatorConfig, where: Where, env: Mapping[str, str]) -> 
     if cfg.shared_group and (problem := name_problem(cfg.shared_group)):
         problems.append(f"{where('aggregator.shared_group')}: aggregator.shared_group: {problem}")
     problems += _absolute(cfg.state_dir, "aggregator.state_dir", where)
+    if cfg.listen:
+        try:
+            parse_listen(cfg.listen)
+        except UrlError as exc:
+            problems.append(f"{where('aggregator.listen')}: aggregator.listen: {exc}")
     return problems
 
 

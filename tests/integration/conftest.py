@@ -44,6 +44,7 @@ from tests.integration.mosquitto import (
     free_port,
     mosquitto_binary,
 )
+from tests.integration.prometheus import Prometheus, prometheus_binary
 
 __all__ = [
     "Certs",
@@ -51,6 +52,7 @@ __all__ = [
     "Mosquitto",
     "MosquittoError",
     "MosquittoFactory",
+    "Prometheus",
     "SyncClient",
     "TLSFiles",
     "free_port",
@@ -58,6 +60,7 @@ __all__ = [
 
 _BROKERS = pytest.StashKey[list[Mosquitto]]()
 _INFLUXES = pytest.StashKey[list[InfluxDB]]()
+_PROMETHEUSES = pytest.StashKey[list[Prometheus]]()
 
 
 class MosquittoFactory(Protocol):
@@ -85,6 +88,8 @@ def pytest_runtest_makereport(
             report.sections.append((f"mosquitto log {broker.url}", broker.log_tail()))
         for server in item.stash.get(_INFLUXES, []):
             report.sections.append((f"influxd log {server.url}", server.log_tail()))
+        for prom in item.stash.get(_PROMETHEUSES, []):
+            report.sections.append((f"prometheus log {prom.url}", prom.log_tail()))
     return report
 
 
@@ -202,3 +207,31 @@ def influxdb_factory(
 def influxdb(influxdb_factory: InfluxFactory) -> InfluxDB:
     """A started InfluxDB 1.x on 127.0.0.1:<free port>, no authentication."""
     return influxdb_factory()
+
+
+class PrometheusFactory(Protocol):
+    """The ``prometheus_factory`` fixture's call signature."""
+
+    def __call__(self, targets: Iterable[str], *, start: bool = True) -> Prometheus: ...
+
+
+@pytest.fixture
+def prometheus_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Generator[PrometheusFactory, None, None]:
+    """Make (and by default start) real Prometheus servers scraping ``targets`` every 1 s."""
+    prometheus_binary()  # skip or fail now
+    servers = request.node.stash.setdefault(_PROMETHEUSES, [])
+
+    def make(targets: Iterable[str], *, start: bool = True) -> Prometheus:
+        server = Prometheus(tmp_path_factory.mktemp("prometheus"), targets)
+        servers.append(server)
+        if start:
+            server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in reversed(servers):
+            server.stop()

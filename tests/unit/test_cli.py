@@ -594,3 +594,41 @@ def test_collect_option_beats_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 2
     assert one_line(err).startswith("option --gpu-backend: agent.gpu_backend: ")
     assert "'also-bogus'" in err
+
+
+# --- aggregator --listen ------------------------------------------------------------------
+
+
+def test_aggregator_bad_listen_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = call(["aggregator", "--listen", "9400", "--state-dir", str(tmp_path)], capsys)
+    assert (code, out) == (2, "")
+    assert one_line(err) == (
+        "option --listen: aggregator.listen: '9400': expected HOST:PORT, "
+        "e.g. 127.0.0.1:9400 or [::]:9400"
+    )
+
+
+def test_aggregator_busy_listen_address_exits_1_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # PYTHONPATH: this checkout's code, whichever copy of the package is installed
+        proc = run("aggregator", "--listen", f"127.0.0.1:{port}", "--state-dir",
+                   str(tmp_path / "state"), "--broker", "mqtt://127.0.0.1:1",
+                   PYTHONPATH=str(Path(__file__).parents[2]))  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (1, ""), proc.stderr
+    assert one_line(proc.stderr) == (
+        f"telemetryd: error: aggregator.listen: cannot listen on 127.0.0.1:{port}: "
+        "Address already in use"
+    )
+
+
+def test_aggregator_help_shows_listen() -> None:
+    code, out, _ = invoke("aggregator", "--help")
+    assert code == 0
+    assert "--listen HOST:PORT" in out

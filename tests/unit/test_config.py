@@ -877,6 +877,24 @@ def test_bad_listen(listen: str, reason: str) -> None:
     ), line
 
 
+def test_aggregator_listen_is_checked() -> None:
+    env = {"TELEMETRYD_AGGREGATOR_LISTEN": "[::1]:9400"}
+    assert load(None, env=env).config.aggregator.listen == "[::1]:9400"
+    assert load(None, env={}).config.aggregator.listen == ""  # not served
+    line = only(problems(env={"TELEMETRYD_AGGREGATOR_LISTEN": "0.0.0.0"}))
+    assert line == (
+        "environment TELEMETRYD_AGGREGATOR_LISTEN: aggregator.listen: '0.0.0.0': "
+        "expected HOST:PORT, e.g. 127.0.0.1:9400 or [::]:9400"
+    )
+
+
+def test_aggregator_listen_in_a_file_names_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[aggregator]\nlisten = ":9400"\n')
+    assert only(problems(path, env={})) == (
+        f"{path}:2: aggregator.listen: ':9400': no host; expected HOST:PORT, e.g. 0.0.0.0:9400"
+    )
+
+
 def test_listen_with_unicode_digit_port_is_a_config_error() -> None:
     line = only(problems(env={"TELEMETRYD_BROKER_LISTEN": "h:²"}))
     assert "broker.listen" in line

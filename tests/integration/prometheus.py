@@ -1,0 +1,157 @@
+"""A real Prometheus (Debian's ``prometheus`` package) and promtool for tests.
+
+Each server gets a temporary directory holding its config, TSDB and log; it listens on
+127.0.0.1:<free port> and scrapes the given targets every second. Queries go through its
+real HTTP API (``/api/v1/query``). Without ``/usr/bin/prometheus`` (or ``promtool``) the
+tests skip locally and fail under CI (a missing service is a failure there).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.mosquitto import free_port, in_ci
+
+PROMETHEUS_BIN = "/usr/bin/prometheus"
+PROMTOOL_BIN = "/usr/bin/promtool"
+INSTALL_HINT = "install Debian's prometheus package (scripts/test does)"
+START_TIMEOUT_S = 30.0
+
+
+def _binary(name: str, default: str) -> str:
+    found = shutil.which(name) or (default if Path(default).is_file() else None)
+    if found:
+        return found
+    if in_ci():
+        pytest.fail(f"{default} not found (a missing service fails in CI): {INSTALL_HINT}")
+    pytest.skip(INSTALL_HINT)
+
+
+def prometheus_binary() -> str:
+    """The server binary, or skip (locally) / fail (in CI)."""
+    return _binary("prometheus", PROMETHEUS_BIN)
+
+
+def promtool_binary() -> str:
+    """promtool, or skip (locally) / fail (in CI)."""
+    return _binary("promtool", PROMTOOL_BIN)
+
+
+def promtool_check_metrics(text: bytes) -> tuple[int, list[str]]:
+    """``promtool check metrics`` on an exposition: its exit code and its findings."""
+    result = subprocess.run(
+        [promtool_binary(), "check", "metrics"], input=text, capture_output=True, timeout=60
+    )
+    output = (result.stdout + result.stderr).decode(errors="replace")
+    return result.returncode, [line for line in output.splitlines() if line.strip()]
+
+
+class PrometheusError(RuntimeError):
+    """The server did not start or answer as asked; the message has its log tail."""
+
+
+class Prometheus:
+    """One ``prometheus`` subprocess scraping ``targets`` (HOST:PORT) every second."""
+
+    def __init__(self, workdir: Path, targets: Iterable[str]) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.targets = list(targets)
+        self.conf_path = self.workdir / "prometheus.yml"
+        self.log_path = self.workdir / "prometheus.log"
+        self.conf_path.write_text(self._config())
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _config(self) -> str:
+        targets = ", ".join(json.dumps(t) for t in self.targets)
+        return f"""global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: telemetryd
+    static_configs:
+      - targets: [{targets}]
+"""
+
+    @property
+    def url(self) -> str:
+        """The base URL of its HTTP API."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Prometheus:
+        """Start and wait until ``/-/ready`` answers 200."""
+        handle = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self._proc = subprocess.Popen(
+            [prometheus_binary(), f"--config.file={self.conf_path}",
+             f"--storage.tsdb.path={self.workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        handle.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise PrometheusError(
+                    f"prometheus exited with {self._proc.returncode}:\n{self.log_tail()}"
+                )
+            if self.ready():
+                return self
+            time.sleep(0.2)
+        raise PrometheusError(f"prometheus not ready in {START_TIMEOUT_S}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM and wait."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query through ``/api/v1/query``: its result vector."""
+        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                data = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise PrometheusError(f"{promql!r}: {exc.code} {exc.read().decode()}") from None
+        if data.get("status") != "success":
+            raise PrometheusError(f"{promql!r}: {data}")
+        return list(data["data"]["result"])
+
+    def values(self, promql: str, label: str) -> dict[str, float]:
+        """The result of ``promql`` as {value of ``label``: sample value}."""
+        return {r["metric"].get(label, ""): float(r["value"][1]) for r in self.query(promql)}
+
+    def __repr__(self) -> str:
+        return f"Prometheus({self.url}, dir={self.workdir})"
