@@ -579,3 +579,30 @@ def test_every_served_metric_is_shown():
 def test_promql_checker_catches_wrong_names(expr, problem):
     found = promql_problems(expr)
     assert any(problem in f for f in found), found
+
+
+def test_every_name_the_prometheus_dashboard_uses_is_served() -> None:
+    """The names list above against what the aggregator's /metrics really renders."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from exporters.prometheus import render
+    from tests.unit import test_prometheus as tp
+
+    c = tp.collector(labels="dcgm")
+    c.observe(tp.decode_report(tp.sampled()), tp.T)
+    busy = {"gr_engine_active_pct": 50.0, "tensor_active_pct": 20.0, "dram_active_pct": 30.0,
+            "pcie_tx_bytes_per_s": 1e9, "pcie_rx_bytes_per_s": 2e9}  # fmt: skip
+    for i in range(2):  # two reports: NVLink bandwidth is a rate
+        at = tp.T + i * tp.S
+        gpus = [tp.gpu(0, nvlink_tx_bytes=10**9 * (i + 1), nvlink_rx_bytes=10**9, **busy)]
+        events = [tp.xid(79, at - tp.S)] if i else []
+        c.observe(tp.report("n2", time_ns=at, gpus=gpus, host=tp.full_host(), events=events), at)
+    c.update(tp.stats())
+    served: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(render(c).decode()):
+        for sample in family.samples:
+            served.setdefault(sample.name, set()).update(sample.labels)
+    missing = sorted(set(PROMETHEUS_NAMES) - set(served))
+    assert missing == [], f"the dashboards use names /metrics does not serve: {missing}"
+    for name, labels in PROMETHEUS_NAMES.items():
+        assert set(labels) <= served[name], (name, set(labels) - served[name])
