@@ -9,7 +9,6 @@ tests skip locally and fail under CI (a missing service is a failure there).
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -20,9 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.integration.mosquitto import free_port, in_ci
+from tests.integration.mosquitto import free_port, require_binary
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 PROMTOOL_BIN = "/usr/bin/promtool"
@@ -30,23 +27,14 @@ INSTALL_HINT = "install Debian's prometheus package (scripts/test does)"
 START_TIMEOUT_S = 30.0
 
 
-def _binary(name: str, default: str) -> str:
-    found = shutil.which(name) or (default if Path(default).is_file() else None)
-    if found:
-        return found
-    if in_ci():
-        pytest.fail(f"{default} not found (a missing service fails in CI): {INSTALL_HINT}")
-    pytest.skip(INSTALL_HINT)
-
-
 def prometheus_binary() -> str:
     """The server binary, or skip (locally) / fail (in CI)."""
-    return _binary("prometheus", PROMETHEUS_BIN)
+    return require_binary("prometheus", PROMETHEUS_BIN, INSTALL_HINT)
 
 
 def promtool_binary() -> str:
     """promtool, or skip (locally) / fail (in CI)."""
-    return _binary("promtool", PROMTOOL_BIN)
+    return require_binary("promtool", PROMTOOL_BIN, INSTALL_HINT)
 
 
 def promtool_check_metrics(text: bytes) -> tuple[int, list[str]]:
@@ -137,14 +125,30 @@ scrape_configs:
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def backfill(self, openmetrics: str) -> Prometheus:
+        """Load samples into its TSDB before it starts (``promtool tsdb create-blocks-from``)."""
+        source = self.workdir / "samples.om"
+        source.write_text(openmetrics)
+        done = subprocess.run(
+            [promtool_binary(), "tsdb", "create-blocks-from", "openmetrics", str(source),
+             str(self.workdir / "data")], capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise PrometheusError(f"backfill failed: {done.stdout}{done.stderr}")
+        return self
+
+    def api(self, path: str, **params: object) -> dict[str, Any]:
+        """``/api/v1/<path>`` with ``params``: the decoded answer."""
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            raise PrometheusError(f"{path} {params}: {exc.code} {exc.read().decode()}") from None
+
     def query(self, promql: str) -> list[dict[str, Any]]:
         """An instant query through ``/api/v1/query``: its result vector."""
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                data = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise PrometheusError(f"{promql!r}: {exc.code} {exc.read().decode()}") from None
+        data = self.api("query", query=promql)
         if data.get("status") != "success":
             raise PrometheusError(f"{promql!r}: {data}")
         return list(data["data"]["result"])

@@ -20,15 +20,9 @@ import asyncio
 import itertools
 import json
 import re
-import shutil
-import signal
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import defaultdict
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -47,7 +41,7 @@ from telemetryd.model import (
     decode_report,
 )
 from telemetryd.urls import parse_sink_url
-from tests.integration.mosquitto import free_port, in_ci
+from tests.integration.prometheus import Prometheus, promtool_binary
 from tests.reports import sampled
 from tests.unit.test_dashboards import (
     INFLUX,
@@ -343,20 +337,6 @@ def test_fleet_numbers_are_the_ones_the_reports_imply(filled_influxdb):
 
 
 # -- Prometheus ------------------------------------------------------------------------------
-PROMETHEUS_BIN = "/usr/bin/prometheus"
-PROMTOOL_BIN = "/usr/bin/promtool"
-
-
-def binary(path: str) -> str:
-    found = shutil.which(Path(path).name) or (path if Path(path).is_file() else None)
-    if found:
-        return found
-    hint = "install Debian's prometheus package (scripts/test does)"
-    if in_ci():
-        pytest.fail(f"{path} not found (a missing service fails in CI): {hint}")
-    pytest.skip(hint)
-
-
 def prometheus_scope() -> dict[str, str]:
     return {"__rate_interval": "1m", "__interval": "1m", "__range": "20m",
             "cluster": "(c1|c2)", "node": "(n1|n2)", "gpu": "(0|1|2|3)"}  # fmt: skip
@@ -370,7 +350,7 @@ def prometheus_substitute(expr: str, scope: dict[str, str]) -> str:
 
 
 def test_every_promql_expression_parses(tmp_path):
-    promtool = binary(PROMTOOL_BIN)
+    promtool = promtool_binary()
     exprs = prometheus_queries(load(PROMETHEUS))
     scope = prometheus_scope()
     rules = [{"record": f"dashboard:query_{i}", "expr": prometheus_substitute(expr, scope)}
@@ -385,7 +365,7 @@ def test_every_promql_expression_parses(tmp_path):
 
 def test_promtool_refuses_a_broken_expression(tmp_path):
     """The parse check above can fail: a broken expression is refused with the reason."""
-    promtool = binary(PROMTOOL_BIN)
+    promtool = promtool_binary()
     path = tmp_path / "broken.json"
     rule = {"record": "dashboard:broken", "expr": "sum(rate(DCGM_FI_DEV_POWER_VIOLATION[1m])"}
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": [rule]}]}))
@@ -524,65 +504,10 @@ def _aggregator_series(metric: str, series, start_s: int) -> None:
             series(metric, lb, lambda k: 1 if metric == "telemetryd_sink_up" else 5000 + k)
 
 
-class Prometheus:
-    """A real Prometheus on 127.0.0.1:<free port> over a TSDB backfilled by promtool."""
-
-    def __init__(self, workdir: Path, samples: str) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        data = workdir / "data"
-        source = workdir / "samples.om"
-        source.write_text(samples)
-        done = subprocess.run(
-            [binary(PROMTOOL_BIN), "tsdb", "create-blocks-from", "openmetrics", str(source),
-             str(data)], capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        config = workdir / "prometheus.yml"
-        config.write_text("global:\n  scrape_interval: 15s\n")
-        self.log = workdir / "prometheus.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [binary(PROMETHEUS_BIN), f"--config.file={config}",
-                 f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not self._ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"prometheus did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def api(self, path: str, **params: object) -> dict:
-        url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"{params}: {exc.code} {exc.read().decode()}") from None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-
-
 @pytest.fixture
 def prometheus(tmp_path):
     end_s = int(time.time())
-    server = Prometheus(tmp_path, openmetrics(end_s))
+    server = Prometheus(tmp_path, targets=()).backfill(openmetrics(end_s)).start()
     try:
         yield server, end_s
     finally:
