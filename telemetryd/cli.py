@@ -179,7 +179,8 @@ def agent(
     "sinks",
     multiple=True,
     metavar="URL",
-    help="Where to write (repeatable): sqlite:///PATH.  [default: SQLite in the state dir]",
+    help="Where to write (repeatable): sqlite:///PATH, influxdb2://HOST:8086?org=O&bucket=B, "
+    "influxdb://[USER@]HOST:8086/DB[?rp=RP].  [default: SQLite in the state dir]",
 )
 @click.option(
     "--shared-group",
