@@ -5,8 +5,9 @@ session (as in aggregator_throughput.py); the aggregator, with only the InfluxDB
 then drains them and we time until InfluxDB holds the point of every report. Baselines
 in the same run, on the same reports:
   - encoder: our line protocol encoder alone (CPU only, no I/O);
-  - bare POST: the same lines, pre-encoded and gzip'd, posted in 5000-line requests one
-    after another by a bare aiohttp loop: InfluxDB's and HTTP's own ceiling here.
+  - bare POST: the same lines, pre-encoded and gzip'd, posted in 5000-line requests by a
+    bare aiohttp loop with as many in flight as the sink allows by default: InfluxDB's and
+    HTTP's own ceiling here.
 The ratio aggregator / bare POST says how much of InfluxDB's ingest rate the whole
 pipeline (MQTT, validation, WAL, encoding, retries policy) keeps.
 
@@ -35,6 +36,7 @@ import psutil
 from aggregator_throughput import free_port, machine, make_reports, publish, start_mosquitto
 
 from exporters.lineprotocol import Encoder
+from telemetryd.config import InfluxConfig
 from telemetryd.model import Report, decode_report
 
 DB = "bench"
@@ -87,24 +89,32 @@ def bench_encoder(reports: list[Report]) -> tuple[float, int]:
     return time.process_time() - started, len(lines)
 
 
-async def bare_post(port: int, bodies: list[bytes]) -> float:
+async def bare_post(port: int, bodies: list[bytes], parallel: int) -> float:
+    """Post ``bodies`` with ``parallel`` requests in flight, as the sink does by default."""
     url = f"http://127.0.0.1:{port}/write"
     params = {"db": DB, "precision": "ns"}
     headers = {"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"}
-    async with aiohttp.ClientSession() as session:
-        started = time.monotonic()
-        for body in bodies:
+    queue = list(reversed(bodies))
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while queue:
+            body = queue.pop()
             async with session.post(url, data=body, params=params, headers=headers) as r:
                 if r.status != 204:
                     raise SystemExit(f"bare POST: {r.status} {await r.text()}")
+
+    async with aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        await asyncio.gather(*(worker(session) for _ in range(parallel)))
         return time.monotonic() - started
 
 
 def aggregator_cmd(
-    mqtt_port: int, influx_port: int, state: Path
+    mqtt_port: int, influx_port: int, state: Path, parallel: int
 ) -> tuple[list[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRYD_")}
     env["TELEMETRYD_AGGREGATOR_CLIENT_ID"] = "bench-aggregator"
+    env["TELEMETRYD_AGGREGATOR_INFLUXDB_PARALLEL"] = str(parallel)
     cmd = [sys.executable, "-m", "telemetryd", "--log-level", "info", "aggregator",
            "--broker", f"mqtt://127.0.0.1:{mqtt_port}", "--state-dir", str(state),
            "--sink", f"influxdb://127.0.0.1:{influx_port}/{DB}"]  # fmt: skip
@@ -128,6 +138,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reports", type=int, default=20000)
     parser.add_argument("--publishers", type=int, default=8)
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=InfluxConfig().parallel,
+        help="write requests in flight (the sink's and the baseline's)",
+    )
     args = parser.parse_args()
     count = args.reports - args.reports % args.publishers
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,11 +166,14 @@ def main() -> None:
             lines = Encoder().encode(reports)
             bodies = [gzip.compress(("\n".join(lines[i : i + REQUEST_LINES]) + "\n").encode(), 1)
                       for i in range(0, len(lines), REQUEST_LINES)]  # fmt: skip
-            bare_s = asyncio.run(bare_post(influx_port, bodies))
+            bare_s = asyncio.run(bare_post(influx_port, bodies, args.parallel))
+            bare_points = agent_points(influx_port)
+            if bare_points != count:  # every 204 must have stored its points
+                raise SystemExit(f"bare POST: {bare_points} of {count} reports stored")
             # The aggregator: create its session, queue the reports, then drain.
             state = workdir / "aggregator"
             log = workdir / "aggregator.log"
-            cmd, env = aggregator_cmd(mqtt_port, influx_port, state)
+            cmd, env = aggregator_cmd(mqtt_port, influx_port, state, args.parallel)
             first = run_until_log(cmd, env, log, "consuming")
             first.send_signal(signal.SIGTERM)
             first.wait(timeout=30)

@@ -123,6 +123,7 @@ class LineWriter:
         compress: bool,
         counters: LineCounters,
         what: str,
+        parallel: int = 1,
     ) -> None:
         self.name = name
         self.post = post
@@ -131,24 +132,36 @@ class LineWriter:
         self.compress = compress
         self.counters = counters
         self.what = what  # "database 'telemetry'" / "bucket 'b' of org 'o'", for 404 messages
+        self.parallel = parallel
 
     async def deliver(self, lines: Sequence[str], start: int = 0) -> list[tuple[bytes, str]]:
         """Send every line from ``start`` on; return the lines set aside with the reason.
 
-        Raises Interrupted (a SinkError: retry later) saying how far it got, so a retry
-        of the same batch resumes at the first request that did not complete.
+        Up to ``parallel`` requests are in flight at once (InfluxDB ingests on several
+        cores, and we encode and compress while it works). Raises Interrupted (a
+        SinkError: retry later) saying how far it got, so a retry of the same batch
+        resumes at the first request that did not complete; a later one of the same
+        window that did complete is sent again, which writes the same points.
         """
         rejected: list[tuple[bytes, str]] = []
-        for first in range(start, len(lines), self.batch_lines):
-            chunk_rejected: list[tuple[bytes, str]] = []
-            try:
-                await self._send(lines[first : first + self.batch_lines], chunk_rejected)
-            except SinkError as exc:
-                raise Interrupted(str(exc), exc.retry_after, first, rejected) from None
-            # Counted once the request is done: an interrupted one is sent again whole and
-            # finds the same lines again.
-            self.counters.lines_set_aside += len(chunk_rejected)
-            rejected += chunk_rejected
+        firsts = list(range(start, len(lines), self.batch_lines))
+        for at in range(0, len(firsts), self.parallel):
+            window = firsts[at : at + self.parallel]
+            found: list[list[tuple[bytes, str]]] = [[] for _ in window]
+            results = await asyncio.gather(
+                *(self._send(lines[f : f + self.batch_lines], out)
+                  for f, out in zip(window, found, strict=True)),
+                return_exceptions=True,
+            )  # fmt: skip
+            for first, result, chunk_rejected in zip(window, results, found, strict=True):
+                if isinstance(result, SinkError):
+                    raise Interrupted(str(result), result.retry_after, first, rejected) from None
+                if isinstance(result, BaseException):
+                    raise result
+                # Counted once the request is done: an interrupted one is sent again whole
+                # and finds the same lines again.
+                self.counters.lines_set_aside += len(chunk_rejected)
+                rejected += chunk_rejected
         return rejected
 
     async def _body(self, lines: Sequence[str]) -> bytes:
@@ -231,7 +244,7 @@ class LineSink:
         self.name = name
         self.writer = LineWriter(
             name, post, batch_lines=cfg.batch_lines, auth_retry=cfg.auth_retry,
-            compress=cfg.gzip, counters=LineCounters(), what=what,
+            compress=cfg.gzip, counters=LineCounters(), what=what, parallel=cfg.parallel,
         )  # fmt: skip
         self.encoder = Encoder()
         self.line_stats = self.writer.counters

@@ -23,6 +23,7 @@ there); string field values escape double quote and backslash.
 from __future__ import annotations
 
 import functools
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from math import isfinite
 from typing import Any
@@ -96,7 +97,44 @@ def field_key(name: str) -> str:
     return escape_key(name)
 
 
-Spec = tuple[tuple[str, Scalar], ...]  # (escaped key + "=", type) in getter order
+Add = Callable[[Any, list[str]], int]
+"""Appends ``key=value`` for each present field of an object; returns how many it dropped."""
+
+
+def _compile(scalars: tuple[tuple[str, Scalar], ...]) -> Add:
+    """The ``Add`` of one struct type, generated once, like dataclasses' ``__init__``.
+
+    Why generated: this is the InfluxDB sinks' hot loop (some 50 fields per GPU per report),
+    and unrolled attribute reads with the formatting of each field's type written out run
+    twice as fast as a loop over (key, type) pairs (measured: 17 -> 9 us per GPU). The
+    source is made only from the model's field names (identifiers) and ``repr`` of keys.
+    """
+    lines = ["def add(o, out):", "    dropped = 0"]
+    for name, kind in scalars:
+        key = escape_key(name) + "="
+        lines += [f"    x = o.{name}", "    if x is not None:"]
+        if kind is int:
+            lines += [
+                f"        if {INT64_MIN} <= x <= {INT64_MAX}:",
+                f"            out.append({key!r} + str(x) + 'i')",
+                "        else:",
+                "            dropped += 1",
+            ]
+        elif kind is float:
+            lines += [
+                "        if isfinite(x):",
+                f"            out.append({key!r} + repr(float(x)))",
+                "        else:",
+                "            dropped += 1",
+            ]
+        elif kind is bool:
+            lines.append(f"        out.append({key!r} + ('true' if x else 'false'))")
+        else:
+            lines.append(f"        out.append({key!r} + '\"' + escape_string(x) + '\"')")
+    lines.append("    return dropped")
+    namespace: dict[str, Any] = {"isfinite": isfinite, "escape_string": escape_string}
+    exec("\n".join(lines), namespace)  # noqa: S102 - source built from field names above
+    return typing.cast(Add, namespace["add"])
 
 
 class _Fields:
@@ -105,8 +143,7 @@ class _Fields:
     def __init__(self, struct: type[Struct], skip: Iterable[str] = ()) -> None:
         fields = split_fields(struct, skip=set(skip))
         self.names = fields.names()
-        self.spec: Spec = tuple((escape_key(name) + "=", kind) for name, kind in fields.scalars)
-        self.values: Callable[[Any], tuple[Any, ...]] = fields.getter()
+        self.add = _compile(fields.scalars)
 
 
 _GPU = _Fields(Gpu, skip=("index", "uuid", "name", "error", "clock_event_reasons"))
@@ -155,26 +192,6 @@ class Encoder:
     def __init__(self) -> None:
         self.fields_dropped = 0
 
-    def _add(self, out: list[str], spec: Spec, values: tuple[Any, ...]) -> None:
-        """Append ``key=value`` for each present value, typed by the model."""
-        for (key, kind), v in zip(spec, values, strict=True):
-            if v is None:
-                continue
-            if kind is float:
-                if isfinite(v):
-                    out.append(f"{key}{float(v)!r}")
-                else:
-                    self.fields_dropped += 1
-            elif kind is int:
-                if INT64_MIN <= v <= INT64_MAX:
-                    out.append(f"{key}{v}i")
-                else:
-                    self.fields_dropped += 1
-            elif kind is bool:
-                out.append(key + ("true" if v else "false"))
-            else:
-                out.append(f'{key}"{escape_string(v)}"')
-
     def encode(self, reports: Sequence[Report]) -> list[str]:
         """Every point of ``reports``, one line each (without the newline)."""
         lines: list[str] = []
@@ -186,7 +203,6 @@ class Encoder:
         base = f"cluster={escape_key(r.cluster)}"
         node = f"node={escape_key(r.node)}"
         t = f" {r.time_ns}"
-        add = self._add
         for g in r.gpus:
             self._gpu(g, base, node, t, lines)
         if r.host is not None:
@@ -202,12 +218,12 @@ class Encoder:
             if e.severity is not None:
                 tags.append(f"severity={e.severity}")
             fields: list[str] = []
-            add(fields, _EVENT.spec, _EVENT.values(e))
+            self.fields_dropped += _EVENT.add(e, fields)
             lines.append(f"event,{','.join(tags)}{tag('uuid', e.uuid)} {','.join(fields)} "
                          f"{e.time_ns}")  # fmt: skip
         fields = []
-        add(fields, _REPORT.spec, _REPORT.values(r))
-        add(fields, _AGENT.spec, _AGENT.values(r.agent))
+        self.fields_dropped += _REPORT.add(r, fields)
+        self.fields_dropped += _AGENT.add(r.agent, fields)
         if r.errors:
             fields.append(f"errors={len(r.errors)}i")
             text = "; ".join(f"{e.source}: {e.message}" for e in r.errors)
@@ -215,11 +231,10 @@ class Encoder:
         lines.append(f"agent,{base},{node} {','.join(fields)}{t}")
 
     def _gpu(self, g: Gpu, base: str, node: str, t: str, lines: list[str]) -> None:
-        add = self._add
         uuid = tag("uuid", g.uuid)
         tags = f"{base},gpu={g.index}{tag('model', g.name)},{node}"
         fields: list[str] = []
-        add(fields, _GPU.spec, _GPU.values(g))
+        self.fields_dropped += _GPU.add(g, fields)
         reasons = g.clock_event_reasons
         if reasons is not None:
             fields.append(f'clock_event_reasons="{escape_string(",".join(reasons))}"')
@@ -236,7 +251,7 @@ class Encoder:
         for m in g.mig:
             mig_tags = _instance(m.ci_id, base, m.gi_id, g.index, node) + tag("profile", m.name)
             fields = []
-            add(fields, _MIG.spec, _MIG.values(m))
+            self.fields_dropped += _MIG.add(m, fields)
             fields.append(f'gpu_uuid="{escape_string(g.uuid)}"')
             lines.append(f"gpu_mig,{mig_tags}{tag('uuid', m.uuid)} {','.join(fields)}{t}")
         # A slot tag keeps two processes of one GPU apart (one point per tag set and time)
@@ -244,13 +259,12 @@ class Encoder:
         for slot, p in enumerate(sorted(g.processes or (), key=lambda p: (p.pid, p.type))):
             ptags = _instance(p.ci_id, base, p.gi_id, g.index, node)
             fields = []
-            add(fields, _PROCESS.spec, _PROCESS.values(p))
+            self.fields_dropped += _PROCESS.add(p, fields)
             lines.append(f"gpu_process,{ptags},slot={slot}{uuid} {','.join(fields)}{t}")
 
     def _host(self, h: Host, base: str, node: str, t: str, lines: list[str]) -> None:
-        add = self._add
         fields: list[str] = []
-        add(fields, _HOST.spec, _HOST.values(h))
+        self.fields_dropped += _HOST.add(h, fields)
         if fields:
             lines.append(f"host,{base},{node} {','.join(fields)}{t}")
         for i, pct in enumerate(h.cpu_core_pct or ()):
@@ -264,18 +278,18 @@ class Encoder:
         for measurement, spec, items, tags in parts:
             for item in items:
                 fields = []
-                add(fields, spec.spec, spec.values(item))
+                self.fields_dropped += spec.add(item, fields)
                 if fields:
                     lines.append(f"{measurement},{tags(item)},{node} {','.join(fields)}{t}")
         for z in h.power or ():
             fields = []
-            add(fields, _POWER.spec, _POWER.values(z))
+            self.fields_dropped += _POWER.add(z, fields)
             where = f"{base}{tag('name', z.name)},{node}{tag('zone', z.zone)}"
             lines.append(f"host_power,{where} {','.join(fields)}{t}")
         for kind, spec, chips in (("host_sensor", _SENSOR, h.sensors), ("host_fan", _FAN, h.fans)):
             for s in chips or ():
                 fields = []
-                add(fields, spec.spec, spec.values(s))
+                self.fields_dropped += spec.add(s, fields)
                 where = f"chip={escape_key(s.chip)},{base}" if s.chip else base
                 where += f"{tag('label', s.label)},{node}"
                 lines.append(f"{kind},{where} {','.join(fields)}{t}")

@@ -256,6 +256,14 @@ class InfluxConfig(_Section):
         _doc("Lines per write request, at most (InfluxDB advises about 5000).", ge=1, le=1_000_000),
     ] = 5000
     gzip: Annotated[bool, _doc("Compress write requests (Content-Encoding: gzip).")] = True
+    parallel: Annotated[
+        int,
+        _doc(
+            "Write requests in flight at once, at most (InfluxDB ingests on several cores).",
+            ge=1,
+            le=16,
+        ),
+    ] = 2
     auth_retry: Annotated[
         float,
         _doc(

@@ -425,7 +425,9 @@ def test_interrupted_batch_resumes_without_resending_what_was_written(
     sent = lines_of(reports)
     chunks = [sent[i : i + 10] for i in range(0, len(sent), 10)]
     assert len(chunks) >= 5
-    sink = v2_sink(standin, config(token_file, batch_lines=10))
+    # One request at a time, so the order below is the order they were sent in (the
+    # parallel case is tests/unit/test_influx_write.py's).
+    sink = v2_sink(standin, config(token_file, batch_lines=10, parallel=1))
     standin.fail(503, after=2, retry_after="2")
 
     async def scenario() -> SinkError:

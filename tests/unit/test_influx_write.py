@@ -126,8 +126,8 @@ def writer(post: Rule, *, batch_lines: int = 5000, compress: bool = False) -> Li
     )
 
 
-def line_sink(post: Rule, *, batch_lines: int = 5000) -> LineSink:
-    cfg = InfluxConfig(batch_lines=batch_lines, auth_retry=30.0, gzip=False)
+def line_sink(post: Rule, *, batch_lines: int = 5000, parallel: int = 1) -> LineSink:
+    cfg = InfluxConfig(batch_lines=batch_lines, auth_retry=30.0, gzip=False, parallel=parallel)
     return LineSink("influxdb2://db:8086?org=o&bucket=b", post, cfg, "bucket 'b' of org 'o'")
 
 
@@ -361,3 +361,22 @@ def test_line_sink_empty_batch_sends_nothing():
     sink = line_sink(rule)
     asyncio.run(sink.write([]))
     assert rule.requests == []
+
+
+def test_parallel_requests_resume_at_the_first_that_failed():
+    batch = reports(4)
+    sent = Encoder().encode(batch)
+    rule = Rule()
+    sink = line_sink(rule, batch_lines=10, parallel=3)
+    rule.fail_after = 4  # the first window of three goes in; in the second, the second fails
+    rule.fail = [WriteReply(503, "unavailable")]
+    with pytest.raises(SinkError):
+        asyncio.run(sink.write(batch))
+    assert len(rule.requests) == 6
+    asyncio.run(sink.write(batch))
+    # Resumed at chunk 4 (the one refused): chunk 5, written in the same window, is sent
+    # again (the same points), chunks 0-3 are not.
+    assert rule.requests[6][0] == sent[40]
+    assert set(rule.stored) == set(sent)
+    assert sink.line_stats.lines_written == len(sent)
+    assert sink.line_stats.requests == 6 + math.ceil(len(sent) / 10) - 4
