@@ -45,6 +45,7 @@ from tests.integration.mosquitto import (
     mosquitto_binary,
 )
 from tests.integration.prometheus import Prometheus, prometheus_binary
+from tests.integration.server import stash_servers, stopped_after
 
 __all__ = [
     "Certs",
@@ -184,7 +185,7 @@ def influxdb_factory(
 ) -> Generator[InfluxFactory, None, None]:
     """Make (and by default start) real InfluxDB 1.x servers; stop them all after."""
     influxd_binary()  # skip or fail now
-    servers = request.node.stash.setdefault(_INFLUXES, [])
+    servers = stash_servers(request, _INFLUXES)
 
     def make(
         *, auth: bool = False, max_body_size: int = 25_000_000, start: bool = True
@@ -192,15 +193,10 @@ def influxdb_factory(
         server = InfluxDB(tmp_path_factory.mktemp("influxdb"), auth=auth,
                           max_body_size=max_body_size)  # fmt: skip
         servers.append(server)
-        if start:
-            server.start()
-        return server
+        return server.start() if start else server
 
-    try:
+    for _ in stopped_after(servers):
         yield make
-    finally:
-        for server in reversed(servers):
-            server.stop()
 
 
 @pytest.fixture
@@ -221,17 +217,12 @@ def prometheus_factory(
 ) -> Generator[PrometheusFactory, None, None]:
     """Make (and by default start) real Prometheus servers scraping ``targets`` every 1 s."""
     prometheus_binary()  # skip or fail now
-    servers = request.node.stash.setdefault(_PROMETHEUSES, [])
+    servers = stash_servers(request, _PROMETHEUSES)
 
     def make(targets: Iterable[str], *, start: bool = True) -> Prometheus:
         server = Prometheus(tmp_path_factory.mktemp("prometheus"), targets)
         servers.append(server)
-        if start:
-            server.start()
-        return server
+        return server.start() if start else server
 
-    try:
+    for _ in stopped_after(servers):
         yield make
-    finally:
-        for server in reversed(servers):
-            server.stop()

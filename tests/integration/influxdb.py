@@ -10,9 +10,6 @@ locally and fail under CI (a missing service is a failure there).
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.mosquitto import free_port, require_binary
+from tests.integration.server import ServerProcess
 
 INFLUXD_BIN = "/usr/bin/influxd"
 INSTALL_HINT = "install Debian's influxdb package (scripts/test does)"
-START_TIMEOUT_S = 30.0
 
 
 def influxd_binary() -> str:
@@ -32,22 +29,21 @@ def influxd_binary() -> str:
 
 
 class InfluxDBError(RuntimeError):
-    """The server did not start, stop or answer as asked; the message has its log tail."""
+    """The server did not answer a query as asked."""
 
 
-class InfluxDB:
+class InfluxDB(ServerProcess):
     """One ``influxd run -config <conf>`` subprocess with its own directory and ports."""
 
+    name = "influxd"
+
     def __init__(self, workdir: Path, *, auth: bool = False, max_body_size: int = 25_000_000):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir, "influxd.log")
         self.port = free_port()
         self.rpc_port = free_port()
         self.auth = auth
         self.conf_path = self.workdir / "influxdb.conf"
-        self.log_path = self.workdir / "influxd.log"
         self.conf_path.write_text(self._config(max_body_size))
-        self._proc: subprocess.Popen[bytes] | None = None
         self.admin: tuple[str, str] | None = None
 
     def _config(self, max_body_size: int) -> str:
@@ -85,56 +81,11 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         who = f"{user}@" if user else ""
         return f"influxdb://{who}127.0.0.1:{self.port}/{database}" + (f"?rp={rp}" if rp else "")
 
-    # -- life cycle -------------------------------------------------------------------------
-    def start(self) -> InfluxDB:
-        """Start and wait until ``/ping`` answers."""
-        if self.alive():
-            return self
-        handle = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self._proc = subprocess.Popen(
-            [influxd_binary(), "run", "-config", str(self.conf_path)],
-            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        handle.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise InfluxDBError(
-                    f"influxd exited with {self._proc.returncode}:\n{self.log_tail()}"
-                )
-            if self.ping():
-                return self
-            time.sleep(0.1)
-        raise InfluxDBError(
-            f"influxd did not answer /ping in {START_TIMEOUT_S}s:\n{self.log_tail()}"
-        )
+    def command(self) -> list[str]:
+        return [influxd_binary(), "run", "-config", str(self.conf_path)]
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM and wait (influxd flushes its cache on the way out)."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-    def kill(self) -> None:
-        """SIGKILL: what survives is what its WAL had synced."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+    def ready(self) -> bool:
+        return self.ping()
 
     # -- HTTP API ---------------------------------------------------------------------------
     def ping(self) -> bool:

@@ -9,9 +9,7 @@ tests skip locally and fail under CI (a missing service is a failure there).
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.mosquitto import free_port, require_binary
+from tests.integration.server import ServerProcess
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
 PROMTOOL_BIN = "/usr/bin/promtool"
 INSTALL_HINT = "install Debian's prometheus package (scripts/test does)"
-START_TIMEOUT_S = 30.0
 
 
 def prometheus_binary() -> str:
@@ -47,21 +45,20 @@ def promtool_check_metrics(text: bytes) -> tuple[int, list[str]]:
 
 
 class PrometheusError(RuntimeError):
-    """The server did not start or answer as asked; the message has its log tail."""
+    """The server did not answer as asked."""
 
 
-class Prometheus:
+class Prometheus(ServerProcess):
     """One ``prometheus`` subprocess scraping ``targets`` (HOST:PORT) every second."""
 
+    name = "prometheus"
+
     def __init__(self, workdir: Path, targets: Iterable[str]) -> None:
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir, "prometheus.log")
         self.port = free_port()
         self.targets = list(targets)
         self.conf_path = self.workdir / "prometheus.yml"
-        self.log_path = self.workdir / "prometheus.log"
         self.conf_path.write_text(self._config())
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def _config(self) -> str:
         targets = ", ".join(json.dumps(t) for t in self.targets)
@@ -80,38 +77,10 @@ scrape_configs:
         """The base URL of its HTTP API."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Prometheus:
-        """Start and wait until ``/-/ready`` answers 200."""
-        handle = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self._proc = subprocess.Popen(
-            [prometheus_binary(), f"--config.file={self.conf_path}",
-             f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        handle.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise PrometheusError(
-                    f"prometheus exited with {self._proc.returncode}:\n{self.log_tail()}"
-                )
-            if self.ready():
-                return self
-            time.sleep(0.2)
-        raise PrometheusError(f"prometheus not ready in {START_TIMEOUT_S}s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM and wait."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    def command(self) -> list[str]:
+        return [prometheus_binary(), f"--config.file={self.conf_path}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}"]  # fmt: skip
 
     def ready(self) -> bool:
         try:
@@ -119,11 +88,6 @@ scrape_configs:
                 return bool(response.status == 200)
         except OSError:
             return False
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def backfill(self, openmetrics: str) -> Prometheus:
         """Load samples into its TSDB before it starts (``promtool tsdb create-blocks-from``)."""
