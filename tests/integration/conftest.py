@@ -175,8 +175,9 @@ class InfluxFactory(Protocol):
     """The ``influxdb_factory`` fixture's call signature."""
 
     def __call__(
-        self, *, auth: bool = False, max_body_size: int = 25_000_000, start: bool = True
-    ) -> InfluxDB: ...
+        self, *, auth: bool = False, max_body_size: int = 25_000_000,
+        tls: TLSFiles | None = None, start: bool = True,
+    ) -> InfluxDB: ...  # fmt: skip
 
 
 @pytest.fixture
@@ -188,10 +189,11 @@ def influxdb_factory(
     servers = stash_servers(request, _INFLUXES)
 
     def make(
-        *, auth: bool = False, max_body_size: int = 25_000_000, start: bool = True
-    ) -> InfluxDB:
+        *, auth: bool = False, max_body_size: int = 25_000_000, tls: TLSFiles | None = None,
+        start: bool = True,
+    ) -> InfluxDB:  # fmt: skip
         server = InfluxDB(tmp_path_factory.mktemp("influxdb"), auth=auth,
-                          max_body_size=max_body_size)  # fmt: skip
+                          max_body_size=max_body_size, tls=tls)  # fmt: skip
         servers.append(server)
         return server.start() if start else server
 

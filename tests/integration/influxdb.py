@@ -10,13 +10,14 @@ locally and fail under CI (a missing service is a failure there).
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.integration.mosquitto import free_port, require_binary
+from tests.integration.mosquitto import TLSFiles, free_port, require_binary
 from tests.integration.server import ServerProcess
 
 INFLUXD_BIN = "/usr/bin/influxd"
@@ -37,11 +38,20 @@ class InfluxDB(ServerProcess):
 
     name = "influxd"
 
-    def __init__(self, workdir: Path, *, auth: bool = False, max_body_size: int = 25_000_000):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        auth: bool = False,
+        max_body_size: int = 25_000_000,
+        tls: TLSFiles | None = None,
+    ) -> None:
         super().__init__(workdir, "influxd.log")
         self.port = free_port()
         self.rpc_port = free_port()
         self.auth = auth
+        self.tls = tls  # the server's identity: its HTTP API then speaks https only
+        self._context = ssl.create_default_context(cafile=str(tls.ca)) if tls else None
         self.conf_path = self.workdir / "influxdb.conf"
         self.conf_path.write_text(self._config(max_body_size))
         self.admin: tuple[str, str] | None = None
@@ -65,21 +75,29 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   auth-enabled = {"true" if self.auth else "false"}
   log-enabled = false
   max-body-size = {max_body_size}
-[continuous_queries]
+{self._https()}[continuous_queries]
   enabled = false
 [logging]
   level = "warn"
 """
 
+    def _https(self) -> str:
+        if self.tls is None:
+            return ""
+        lines = ["https-enabled = true", f'https-certificate = "{self.tls.cert}"',
+                 f'https-private-key = "{self.tls.key}"']  # fmt: skip
+        return "".join(f"  {line}\n" for line in lines)
+
     @property
     def url(self) -> str:
         """The base URL of its HTTP API."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def sink_url(self, database: str, *, user: str | None = None, rp: str = "") -> str:
-        """A telemetryd ``influxdb://`` sink URL for ``database``."""
+        """A telemetryd ``influxdb://`` (``influxdbs://`` with TLS) sink URL for ``database``."""
         who = f"{user}@" if user else ""
-        return f"influxdb://{who}127.0.0.1:{self.port}/{database}" + (f"?rp={rp}" if rp else "")
+        scheme = "influxdbs" if self.tls else "influxdb"
+        return f"{scheme}://{who}127.0.0.1:{self.port}/{database}" + (f"?rp={rp}" if rp else "")
 
     def command(self) -> list[str]:
         return [influxd_binary(), "run", "-config", str(self.conf_path)]
@@ -90,7 +108,8 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     # -- HTTP API ---------------------------------------------------------------------------
     def ping(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as response:
+            ping = f"{self.url}/ping"
+            with urllib.request.urlopen(ping, timeout=1, context=self._context) as response:
                 return bool(response.status == 204)
         except OSError:
             return False
@@ -104,7 +123,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
         request = urllib.request.Request(url, data=body, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=30, context=self._context) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise InfluxDBError(

@@ -218,3 +218,18 @@ def test_an_unreachable_server_is_a_retry_not_a_crash(influxdb: InfluxDB) -> Non
     with pytest.raises(SinkError) as down:
         asyncio.run(write(sink_for(influxdb), [rich()]))
     assert "cannot connect" in str(down.value)
+
+
+def test_https_with_the_sites_own_ca(influxdb_factory: Any, certs: Any) -> None:
+    """``influxdbs://`` to an InfluxDB whose certificate a private CA signed (ca_file)."""
+    server = influxdb_factory(tls=certs.server)
+    server.create_database(DB)
+    assert server.sink_url(DB).startswith("influxdbs://")
+    trusted = sink_for(server, ca_file=str(certs.ca_file))
+    assert asyncio.run(write(trusted, [rich()])) == []
+    (series,) = server.query("SELECT count(seq) FROM agent", DB)
+    assert series["values"][0][1] == 1
+    untrusted = sink_for(server)  # the system store does not know this CA
+    with pytest.raises(SinkError) as refused:
+        asyncio.run(write(untrusted, [rich()]))
+    assert "certificate verify failed" in str(refused.value), refused.value
