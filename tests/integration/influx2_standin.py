@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import ssl
 import threading
 import zlib
 from collections.abc import Iterable
@@ -46,6 +47,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.integration.influxdb import InfluxDB
+from tests.integration.mosquitto import TLSFiles
 
 JSON = "application/json; charset=utf-8"
 ORG_ID = "0123456789abcdef"  # what ``orgID=`` may name instead of ``org=``
@@ -106,8 +108,10 @@ class Influx2StandIn:
         token: str = "stand-in-token",
         org: str = "telemetry",
         buckets: Iterable[str] = ("gpus",),
+        tls: TLSFiles | None = None,
     ) -> None:
         self.backend = backend
+        self.tls = tls  # the server's identity: https only
         self.token = token
         self.org = org
         self.buckets: set[str] = set()
@@ -143,11 +147,12 @@ class Influx2StandIn:
             return sum(f.times for f in self._plan)
 
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def sink_url(self, bucket: str = "gpus", org: str | None = None) -> str:
-        """A telemetryd ``influxdb2://`` URL for ``bucket`` of ``org`` (ours by default)."""
-        return f"influxdb2://127.0.0.1:{self.port}?org={org or self.org}&bucket={bucket}"
+        """A telemetryd ``influxdb2://`` (``influxdb2s://`` with TLS) URL for ``bucket``."""
+        scheme = "influxdb2s" if self.tls else "influxdb2"
+        return f"{scheme}://127.0.0.1:{self.port}?org={org or self.org}&bucket={bucket}"
 
     def requests(self) -> list[Recorded]:
         """Every request so far, oldest first."""
@@ -177,7 +182,11 @@ class Influx2StandIn:
         # auto_decompress off: the test must see the body exactly as it came over the wire.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port)
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(self.tls.cert), str(self.tls.key))
+        site = web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=context)
         await site.start()
         self._runner = runner
         self.port = int(runner.addresses[0][1])

@@ -574,3 +574,20 @@ def test_the_standin_refuses_what_influxdb2_refuses(standin, query, headers, sta
         assert body == answer
     if status != 204:
         assert set(body) == {"code", "message"}
+
+
+def test_https_with_the_sites_own_ca(influxdb, certs, token_file):
+    """``influxdb2s://`` to a server whose certificate a private CA signed (ca_file)."""
+    server = Influx2StandIn(influxdb, token=TOKEN, org=ORG, buckets=["gpus"],
+                            tls=certs.server).start()  # fmt: skip
+    try:
+        assert server.sink_url().startswith("influxdb2s://")
+        trusted = v2_sink(server, config(token_file, ca_file=str(certs.ca_file)))
+        run(write_once(trusted, batch(1)))
+        assert len(rows(influxdb, "gpus")) == len(lines_of(batch(1)))
+        untrusted = v2_sink(server, config(token_file))
+        with pytest.raises(SinkError) as refused:
+            run(write_once(untrusted, batch(1)))
+        assert "certificate verify failed" in str(refused.value), refused.value
+    finally:
+        server.stop()
