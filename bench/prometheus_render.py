@@ -2,9 +2,11 @@
 
 Method: N copies of one simulated 8-GPU report (with host values), each under its own node
 name, are fed to the collector as the aggregator feeds it; then the exposition is rendered
-the way /metrics does (prometheus_client's text format, in the calling thread), several
-times, and the median is kept. The event loop is not involved: this is the work a scrape
-puts on the worker thread (which still shares the GIL with the loop).
+the way /metrics does (exporters/prometheus.py ``render``, in the calling thread), several
+times, and the median is kept. Baseline in the same run: prometheus_client's own
+``generate_latest`` on the same collector, which gives the same bytes. The event loop is not
+involved: this is the work a scrape puts on the worker thread (which still shares the GIL
+with the loop).
 
 Usage: python bench/prometheus_render.py [--nodes 1000] [--labels dcgm|snake] [--repeat 3]
 """
@@ -18,6 +20,8 @@ import platform
 import statistics
 import time
 import tracemalloc
+
+from prometheus_client import generate_latest
 
 from exporters.prometheus import FleetCollector, render
 from telemetryd.config import AgentConfig, PrometheusConfig
@@ -47,11 +51,15 @@ def main() -> None:
         collector.observe(node, now)
     held, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    times = []
+    times, baseline = [], []
     for _ in range(args.repeat):
         started = time.perf_counter()
         text = render(collector)
         times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        same = generate_latest(collector)
+        baseline.append(time.perf_counter() - started)
+        assert same == text, "render() must give generate_latest's bytes"
     gpus = args.nodes * len(report.gpus)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")  # fmt: skip
@@ -59,8 +67,10 @@ def main() -> None:
     print(f"state held: {held / 2**20:.1f} MiB (the reports and label sets)")
     lines = text.count(b"\n")
     print(f"exposition: {len(text) / 2**20:.1f} MiB, {lines} lines")
-    print(f"render: median {statistics.median(times):.2f} s of {args.repeat} "
-          f"({statistics.median(times) / gpus * 1e6:.0f} µs per GPU)")  # fmt: skip
+    ours, base = statistics.median(times), statistics.median(baseline)
+    print(f"generate_latest (baseline): median {base:.2f} s of {args.repeat}")
+    print(f"render: median {ours:.2f} s of {args.repeat} ({ours / gpus * 1e6:.0f} µs per GPU), "
+          f"{ours / base:.2f} of the baseline's time")  # fmt: skip
 
 
 if __name__ == "__main__":
