@@ -133,6 +133,7 @@ class LineWriter:
         self.counters = counters
         self.what = what  # "database 'telemetry'" / "bucket 'b' of org 'o'", for 404 messages
         self.parallel = parallel
+        self.refused = False  # the last error was a refused login: log in again first
 
     async def deliver(self, lines: Sequence[str], start: int = 0) -> list[tuple[bytes, str]]:
         """Send every line from ``start`` on; return the lines set aside with the reason.
@@ -200,6 +201,7 @@ class LineWriter:
 
     def _error(self, reply: WriteReply) -> SinkError:
         status, text = reply.status, reply.message
+        self.refused = status in (401, 403)
         if status in (401, 403):
             hint = "the credentials were refused; check the token or password file"
             return SinkError(f"{self.name}: {status} {hint} ({text})", retry_after=self.auth_retry)
@@ -250,6 +252,10 @@ class LineSink:
         self.line_stats = self.writer.counters
         self._pending: _Pending | None = None
 
+    async def open(self) -> None:
+        """Log in and check the server answers (each sink's own)."""
+        raise NotImplementedError
+
     async def write(self, reports: Sequence[Report]) -> None:
         """Write a batch; SinkRejected for lines set aside, SinkError to be retried."""
         if not reports:
@@ -263,6 +269,12 @@ class LineSink:
             lines = await asyncio.to_thread(self.encoder.encode, reports)
             self.line_stats.fields_dropped += self.encoder.fields_dropped - before
             pending = self._pending = _Pending(key, lines)
+        if self.writer.refused:
+            # The runner retries writes without opening the sink again; after a refused
+            # token or password, open here, which reads the secret anew: an operator's fix
+            # to the file needs no restart.
+            await self.open()
+            self.writer.refused = False
         try:
             rejected = await self.writer.deliver(pending.lines, pending.done)
         except Interrupted as exc:

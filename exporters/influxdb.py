@@ -62,7 +62,6 @@ class InfluxV1Sink(LineSink):
         super().__init__(f"influxdb://{where}/{url.database}{rp}", self._post, cfg, what)
         self._client: HttpClient | None = None
         self._headers: dict[str, str] = {}
-        self._refused = False  # the server refused the password: read it again before the retry
 
     def _password(self) -> Secret | None:
         if not self.username:
@@ -82,19 +81,14 @@ class InfluxV1Sink(LineSink):
                 retry_after=self.cfg.auth_retry,
             ) from None
 
-    def _login(self) -> None:
-        """Read the password (again: an operator may have fixed the file) into the headers."""
+    async def open(self) -> None:
+        """Read the password (again, after a refusal) and check ``/ping``; SinkError if not."""
         password = self._password()
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         if self.cfg.gzip:
             self._headers["Content-Encoding"] = "gzip"
         if password is not None and self.username:
             self._headers["Authorization"] = basic_auth(self.username, password.reveal())
-        self._refused = False
-
-    async def open(self) -> None:
-        """Read the password and check the server answers ``/ping``; SinkError if not."""
-        self._login()
         if self._client is None:
             self._client = HttpClient(timeout_s=self.cfg.timeout, ca_file=self.cfg.ca_file)
         try:
@@ -109,8 +103,6 @@ class InfluxV1Sink(LineSink):
     async def _post(self, body: bytes) -> WriteReply:
         if self._client is None:
             raise SinkError(f"{self.name}: not open")
-        if self._refused:  # the runner retries without opening again: take a fixed password
-            self._login()
         try:
             reply = await self._client.request(
                 "POST", f"{self.base}/write", body=body, headers=self._headers, params=self.params
@@ -119,7 +111,6 @@ class InfluxV1Sink(LineSink):
             raise SinkError(f"{self.name}: {exc}") from None
         if 200 <= reply.status < 300:
             return WriteReply(reply.status)
-        self._refused = reply.status in (401, 403)
         return WriteReply(
             reply.status, server_error(reply), retry_after(reply.headers.get("retry-after"))
         )

@@ -64,7 +64,6 @@ class InfluxV2Sink(LineSink):
         super().__init__(name, self._post, cfg, f"bucket {url.bucket!r} of org {url.org!r}")
         self._client: Any = None
         self._writes: Any = None
-        self._refused = False  # the server refused the token: read it again before the retry
 
     def _token(self) -> str:
         path = secret_path(self.cfg.token_file, CREDENTIAL)
@@ -92,7 +91,6 @@ class InfluxV2Sink(LineSink):
             enable_gzip=False, **options,
         )  # fmt: skip
         self._writes = WriteService(self._client.api_client)
-        self._refused = False
         try:
             await PingService(self._client.api_client).get_ping_async()
         except ApiException as exc:
@@ -105,11 +103,8 @@ class InfluxV2Sink(LineSink):
             raise SinkError(f"{self.name}: {describe(exc)}") from None
 
     async def _post(self, body: bytes) -> WriteReply:
-        if self._writes is None or self._refused:
-            # The runner retries writes without opening the sink again: after a refused
-            # token (or a failed reopen) open here, reading the token file anew, so an
-            # operator's fix needs no restart.
-            await self.open()
+        if self._writes is None:
+            raise SinkError(f"{self.name}: not open")
         options = {"content_encoding": "gzip"} if self.cfg.gzip else {}
         try:
             await self._writes.post_write_async(
@@ -118,7 +113,6 @@ class InfluxV2Sink(LineSink):
             )  # fmt: skip
         except ApiException as exc:
             headers = exc.headers or {}
-            self._refused = exc.status in (401, 403)
             return WriteReply(
                 int(exc.status or 0), _message(exc.body), retry_after(headers.get("Retry-After"))
             )
