@@ -8,7 +8,7 @@ a ``*_file`` or, when that is empty, the systemd credential ``<receiver name>.<s
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from telemetryd.codec import Meta, Struct, field
 
