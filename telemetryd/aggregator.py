@@ -22,7 +22,7 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exporters.base import Sink
 from exporters.mqtt import Message, MqttSession, MqttSettings, MqttUnavailable
@@ -46,6 +46,8 @@ from telemetryd.wal import Wal, WalError
 
 if TYPE_CHECKING:
     from exporters.prometheus import FleetCollector
+    from telemetryd.alerting.expr import Value
+    from telemetryd.alerting.service import AlertService
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class Aggregator:
         self.connected = asyncio.Event()
         self.mqtt_error = ""  # why the last connection attempt failed, for /readyz
         self.metrics: FleetCollector | None = None  # fed each new report when /metrics is served
+        self.alerts: AlertService | None = None  # the alert engine, unless turned off
         self._session: MqttSession | None = None
         self._commit_lock = asyncio.Lock()
         self._summary_error = ""
@@ -104,6 +107,8 @@ class Aggregator:
                 data = json.loads(self.snapshot_path.read_bytes())
                 self.fleet.restore(data["fleet"])
                 self.snapshot_index = int(data["index"])
+                if self.alerts is not None:
+                    self.alerts.restore(data.get("alerts", {}))
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("fleet snapshot %s unreadable (%s); rebuilding from the WAL",
                           self.snapshot_path, exc)  # fmt: skip
@@ -122,7 +127,10 @@ class Aggregator:
                     log.error("WAL record %d does not decode; not replayed", position)
                 else:
                     if self.fleet.claim(report):
-                        self.fleet.on_report(report, time.time_ns())
+                        events = self.fleet.on_report(report, time.time_ns())
+                        if self.alerts is not None:  # on sample time: the same states again
+                            self.alerts.on_report(report, report.time_ns)
+                            self.alerts.on_fleet_events(events)
                         replayed += 1
                 index = position + 1
         if replayed:
@@ -167,6 +175,8 @@ class Aggregator:
             session.ack(message)
         for event in done:
             await session.publish(fleet_event_topic(event.cluster), encode_json(event))
+        if self.alerts is not None:
+            await self.alerts.publish(session)
 
     async def _make_durable(
         self,
@@ -185,11 +195,17 @@ class Aggregator:
             fleet_events: list[EventMessage] = []
             for report in reports:
                 self.fleet.claim(report)
-                fleet_events += self.fleet.on_report(report, now)
+                events = self.fleet.on_report(report, now)
+                fleet_events += events
                 if self.metrics is not None:
                     self.metrics.observe(report, now)
+                if self.alerts is not None:
+                    self.alerts.on_report(report, now)
+                    self.alerts.on_fleet_events(events)
             for status in statuses:
                 self.fleet.on_status(status, now)
+                if self.alerts is not None:
+                    self.alerts.on_status(status, now)
             return fleet_events
 
     async def _append(
@@ -275,6 +291,9 @@ class Aggregator:
                     self._session = session
                     self.mqtt_error = ""
                     self.connected.set()
+                    if self.alerts is not None:
+                        self.alerts.republish()  # a broker without persistence forgot them
+                        await self.alerts.publish(session)
                     log.info("consuming %s from %s", ", ".join(filters), self.settings.broker)
                     await self._consume(session, stop)
             except* MqttUnavailable as group:
@@ -289,12 +308,26 @@ class Aggregator:
                 if await stopped_within(stop, delay):
                     return
 
+    def alert_inputs(self) -> dict[str, Value]:
+        """The aggregator's own health, for rules of the ``aggregator`` scope."""
+        states = [r.report() for r in self.runners]
+        return {
+            "mqtt_connected": self.connected.is_set(),
+            "broker_dropped": self.fleet.broker_dropped,
+            "wal_bytes": self.wal.bytes,
+            "sink_lag_bytes": max((s.lag_bytes for s in states), default=0),
+            "sinks_retrying": sum(1 for s in states if s.state == "retrying"),
+            "deadletters": sum(self.deadletters.counts.values()),
+        }
+
     # -- housekeeping ----------------------------------------------------------------------
     async def _save_snapshot(self) -> None:
         async with self._commit_lock:
-            data = {"index": self.wal.next_index, "fleet": self.fleet.snapshot()}
+            data: dict[str, Any] = {"index": self.wal.next_index, "fleet": self.fleet.snapshot()}
+            if self.alerts is not None:
+                data["alerts"] = self.alerts.snapshot()
         await asyncio.to_thread(replace_file, self.snapshot_path, dumps(data))
-        self.snapshot_index = int(data["index"])  # type: ignore[call-overload]
+        self.snapshot_index = int(data["index"])
 
     async def _publish_summaries(self) -> None:
         session = self._session
@@ -335,6 +368,8 @@ class Aggregator:
                     group.create_task(runner.run(stop), name=f"aggregator.sink.{runner.sink.name}")
                 group.create_task(self._mqtt_loop(stop), name="aggregator.mqtt")
                 group.create_task(self._housekeeping(stop), name="aggregator.housekeeping")
+                if self.alerts is not None:
+                    group.create_task(self.alerts.run(stop, self.alert_inputs), name="alerts")
         finally:
             await self._save_snapshot()
             self.wal.close()
@@ -379,6 +414,10 @@ async def serve(cfg: AggregatorConfig, stop: asyncio.Event) -> None:
             settings=settings,
             directory=directory,
         )
+        if cfg.alerts.enabled:
+            from telemetryd.alerting.service import open_alerts
+
+            aggregator.alerts = open_alerts(cfg.alerts, aggregator.fleet, directory, name=host)
         api = None
         if cfg.listen:
             from telemetryd.httpapi import HttpApi

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from telemetryd.codec import field
+from telemetryd.config_alerts import AlertsConfig
 from telemetryd.config_outputs import InfluxConfig, PrometheusConfig
 from telemetryd.configbase import Section as _Section
 from telemetryd.configbase import doc as _doc
@@ -19,6 +20,7 @@ __all__ = [
     "ROLES",
     "AgentConfig",
     "AggregatorConfig",
+    "AlertsConfig",
     "BrokerConfig",
     "Config",
     "HostConfig",
@@ -330,6 +332,7 @@ class AggregatorConfig(_BrokerSection):
     ] = ""
     influxdb: InfluxConfig = field(default_factory=InfluxConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 class BrokerConfig(_Section):

@@ -98,7 +98,7 @@ def _write_table(
                 doc += f" Environment: {env_name(f'{path}.{name}')}."
             out.extend("## " + line for line in textwrap.wrap(doc, 86))
             if isinstance(value, dict):
-                out.append(f"# [{path}.{name}.NAME]   (one table per plugin)")
+                out.append(f"# [{path}.{name}.NAME]   (one table per name)")
             else:
                 out.append(f"# {_key(name)} = {toml_value(value)}")
             out.append("")

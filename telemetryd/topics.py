@@ -59,3 +59,8 @@ def parse_node_topic(topic: str) -> NodeTopic | str:
     if kind not in KINDS:
         return f"unknown message kind {kind!r}; expected report, event or status"
     return NodeTopic(cluster, node, kind)
+
+
+def alert_topic(cluster: str, fingerprint: str) -> str:
+    """The aggregator's retained state of one firing alert (empty once it resolved)."""
+    return f"{ROOT}/{cluster}/_alerts/{fingerprint}"

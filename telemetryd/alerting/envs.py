@@ -1,0 +1,229 @@
+"""What a rule expression sees in each scope: one small ``Env`` per GPU, node, event, group.
+
+Kept apart from the engine so the engine reads as a state machine, and so each scope's
+names (documented in docs/alerts.md) are defined where they are computed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from telemetryd.alerting.expr import Compiled, Value, Window
+from telemetryd.fleet import Fleet, NodeState
+from telemetryd.model import Event, Gpu, Report
+
+_POINTS = 32  # per look-back: enough resolution, bounded memory for 10k GPUs
+
+
+class History:
+    """The recorded values of one series' counters, per look-back window.
+
+    Points are thinned to about ``_POINTS`` per window, so an ``increase(x, "1h")`` on a
+    10 s interval keeps 32 points rather than 360; one point older than the window is
+    kept so the increase covers the whole window.
+    """
+
+    __slots__ = ("points",)
+
+    def __init__(self) -> None:
+        self.points: dict[str, deque[tuple[float, float]]] = {}
+
+    def record(self, window: Window, t: float, value: Value) -> None:
+        """Add a reading at ``t`` seconds (once per report; older or equal times ignored)."""
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return
+        points = self.points.get(window.key)
+        if points is None:
+            points = self.points[window.key] = deque()
+        if points and t <= points[-1][0]:
+            return
+        if len(points) >= 2 and t - points[-2][0] < window.seconds / _POINTS:
+            points[-1] = (t, float(value))  # thin: replace the newest
+        else:
+            points.append((t, float(value)))
+        while len(points) > 2 and points[1][0] <= t - window.seconds:
+            points.popleft()
+
+    def compute(self, window: Window, fn: str) -> Value:
+        """Rate (per second), increase or changes over the window; None without 2 points."""
+        points = self.points.get(window.key)
+        if not points or len(points) < 2:
+            return None
+        total = 0.0
+        changes = 0
+        prev = points[0][1]
+        for _, v in list(points)[1:]:
+            if v != prev:
+                changes += 1
+            total += v - prev if v >= prev else v  # a reset counts from zero
+            prev = v
+        if fn == "changes":
+            return changes
+        if fn == "increase":
+            return total
+        span = points[-1][0] - points[0][0]
+        return total / span if span > 0 else None
+
+
+class _Base:
+    """Labels and look-backs common to every scope."""
+
+    def __init__(self, labels: dict[str, str], history: History | None) -> None:
+        self.labels = labels
+        self.history = history
+
+    def label(self, name: str) -> Value:
+        """A label of the series, or None."""
+        return self.labels.get(name)
+
+    def window(self, window: Window, fn: str) -> Value:
+        """A look-back over this series' recorded history."""
+        return None if self.history is None else self.history.compute(window, fn)
+
+    def attr(self, base: str, name: str) -> Value:
+        """``agent.x`` / ``host.x``; None in scopes without them."""
+        return None
+
+    def aggregate(self, fn: str, arg: Compiled) -> Value:
+        """Aggregates exist in group scope only."""
+        return None
+
+
+def _plain(value: Any) -> Value:
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+class GpuEnv(_Base):
+    """One GPU of one report: its fields, ``error`` as its code, node and cluster."""
+
+    def __init__(
+        self, report: Report, gpu: Gpu, labels: dict[str, str], history: History | None
+    ) -> None:
+        super().__init__(labels, history)
+        self.report = report
+        self.gpu = gpu
+
+    def name(self, name: str) -> Value:
+        """The value of a plain name in this scope (None when absent)."""
+        if name == "node":
+            return self.report.node
+        if name == "cluster":
+            return self.report.cluster
+        if name == "error":
+            return self.gpu.error.code if self.gpu.error is not None else None
+        return _plain(getattr(self.gpu, name, None))
+
+
+class NodeEnv(_Base):
+    """One node: presence from the fleet, counters from its latest report."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        state: NodeState,
+        report: Report | None,
+        *,
+        now_ns: int,
+        gpus_expected: int,
+        labels: dict[str, str],
+        history: History | None,
+    ) -> None:
+        super().__init__(labels, history)
+        self.fleet, self.state, self.report = fleet, state, report
+        self.now_ns, self.gpus_expected = now_ns, gpus_expected
+
+    def name(self, name: str) -> Value:  # one line per documented name
+        """The value of a plain name in this scope (None when absent)."""
+        s = self.state
+        if name == "state":
+            return self.fleet.node_state(s, self.now_ns)
+        if name == "silent_s":
+            return None if s.last_seen_ns is None else (self.now_ns - s.last_seen_ns) / 1e9
+        if name == "gpus":
+            return len(self.report.gpus) if self.report is not None else len(s.gpus)
+        if name == "gpus_expected":
+            return self.gpus_expected
+        if name == "seq_missing":
+            return sum(q.missing() for q in s.boots.values())
+        if name in ("node", "cluster", "interval_s", "gpus_failed", "skew_s", "reports"):
+            return _plain(getattr(s, name))
+        return None
+
+    def attr(self, base: str, name: str) -> Value:
+        """``agent.x`` / ``host.x``; None in scopes without them."""
+        if self.report is None:
+            return None
+        part = self.report.agent if base == "agent" else self.report.host
+        return _plain(getattr(part, name, None)) if part is not None else None
+
+
+class EventEnv(_Base):
+    """One event: its fields (``code`` is the XID), plus node and cluster."""
+
+    def __init__(self, cluster: str, node: str, event: Event, labels: dict[str, str]) -> None:
+        super().__init__(labels, None)
+        self.cluster, self.node, self.event = cluster, node, event
+
+    def name(self, name: str) -> Value:
+        """The value of a plain name in this scope (None when absent)."""
+        if name == "node":
+            return self.node
+        if name == "cluster":
+            return self.cluster
+        return _plain(getattr(self.event, name, None))
+
+
+class GroupEnv(_Base):
+    """The latest reports of the online nodes of one group; aggregates run over them."""
+
+    def __init__(self, members: list[tuple[NodeEnv, Report]], labels: dict[str, str]) -> None:
+        super().__init__(labels, None)
+        self.members = members
+
+    def name(self, name: str) -> Value:
+        """The value of a plain name in this scope (None when absent)."""
+        if name == "nodes_total":
+            return len(self.members)
+        if name == "gpus_total":
+            return sum(len(r.gpus) for _, r in self.members)
+        return None
+
+    def _gpus(self) -> Iterable[GpuEnv]:
+        for node_env, report in self.members:
+            for gpu in report.gpus:
+                yield GpuEnv(report, gpu, node_env.labels, None)
+
+    def aggregate(self, fn: str, arg: Compiled) -> Value:
+        """Aggregates exist in group scope only."""
+        if fn == "nodes":
+            return sum(1 for env, _ in self.members if arg(env))
+        values = [arg(env) for env in self._gpus()]
+        if fn in ("count", "share"):
+            hits = sum(1 for v in values if v)
+            if fn == "count":
+                return hits
+            return hits / len(values) if values else None
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if not numbers:
+            return None
+        if fn == "sum":
+            return sum(numbers)
+        if fn == "avg":
+            return sum(numbers) / len(numbers)
+        return min(numbers) if fn == "min" else max(numbers)
+
+
+class AggregatorEnv(_Base):
+    """The aggregator's own health, as given by the aggregator each tick."""
+
+    def __init__(self, values: dict[str, Value], labels: dict[str, str], history: History) -> None:
+        super().__init__(labels, history)
+        self.values = values
+
+    def name(self, name: str) -> Value:
+        """The value of a plain name in this scope (None when absent)."""
+        return self.values.get(name)

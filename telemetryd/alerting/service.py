@@ -1,0 +1,150 @@
+"""The alert engine inside the aggregator: feed it, tick it, publish and dispatch its alerts.
+
+The aggregator calls ``on_report``/``on_status``/``on_fleet_events`` right after a batch
+is durable, then ``publish`` with its MQTT session; everything else runs in ``run``.
+Each change goes two ways at once: to the dispatcher (routing, hooks) and to retained
+``telemetry/v1/<cluster>/_alerts/<fingerprint>`` topics, where ``telemetryd top`` reads
+the firing alerts without any other API. Which fingerprints have a retained message is
+saved with the state, so one that resolved while the aggregator was down is cleared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from telemetryd.alerting.engine import Engine
+from telemetryd.alerting.expr import Value
+from telemetryd.alerting.model import Alert
+from telemetryd.alerting.rules import Rule, load_rules, rule_files
+from telemetryd.codec import encode_json
+from telemetryd.config_alerts import AlertsConfig
+from telemetryd.fleet import Fleet
+from telemetryd.model import EventMessage, Report, Status
+from telemetryd.service import stopped_within
+from telemetryd.topics import alert_topic
+
+if TYPE_CHECKING:
+    from exporters.mqtt import MqttSession
+    from telemetryd.alerting.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+
+
+def configured_rules(cfg: AlertsConfig) -> list[Rule]:
+    """The shipped pack (unless turned off) and the rules directory; ConfigError lists all."""
+    paths = rule_files(Path(cfg.rules_dir)) if cfg.rules_dir else []
+    return load_rules(paths, default_pack=cfg.default_rules)
+
+
+class AlertService:
+    """Engine, dispatcher and retained publication of one aggregator."""
+
+    def __init__(
+        self,
+        cfg: AlertsConfig,
+        engine: Engine,
+        *,
+        dispatcher: Dispatcher | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.published: set[str] = set()  # fingerprints with a retained message
+        self._outbox: dict[str, Alert] = {}  # to publish (firing) or clear (resolved)
+        self.notified = 0
+
+    # -- inputs (called inside the aggregator's commit) ------------------------------------
+    def on_report(self, report: Report, now_ns: int) -> None:
+        """A report that was just made durable."""
+        self.engine.on_report(report, now_ns)
+        self._drain()
+
+    def on_status(self, status: Status, now_ns: int) -> None:
+        """A presence message (online, shutdown, Last Will)."""
+        self.engine.on_status(status, now_ns)
+        self._drain()
+
+    def on_fleet_events(self, events: Iterable[EventMessage]) -> None:
+        """Events the aggregator raised itself (a GPU gone from a node's inventory)."""
+        self.engine.on_fleet_events(events)
+        self._drain()
+
+    def _drain(self) -> None:
+        changed = self.engine.drain()
+        if not changed:
+            return
+        for alert in changed:
+            self._outbox[alert.fingerprint] = alert
+            log.info("alert %s %s %s", alert.status, alert.name,
+                     ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items())
+                              if k not in ("alertname", "severity")))  # fmt: skip
+        if self.dispatcher is not None:
+            self.dispatcher.update(changed)
+
+    # -- retained state on MQTT ------------------------------------------------------------
+    def _clusters(self, alert: Alert) -> list[str]:
+        cluster = alert.labels.get("cluster")
+        return [cluster] if cluster else self.engine.fleet.clusters()
+
+    async def publish(self, session: MqttSession) -> None:
+        """Publish what changed: firing alerts retained, resolved ones cleared."""
+        while self._outbox:
+            fp, alert = next(iter(self._outbox.items()))
+            for cluster in self._clusters(alert):
+                payload = encode_json(alert) if alert.status == "firing" else b""
+                await session.publish(alert_topic(cluster, fp), payload, retain=True)
+            if alert.status == "firing":
+                self.published.add(fp)
+            else:
+                self.published.discard(fp)
+            if self._outbox.get(fp) is alert:
+                del self._outbox[fp]
+
+    def republish(self) -> None:
+        """After (re)connecting: every firing alert again, and clear what no longer fires."""
+        firing = {a.fingerprint: a for a in self.engine.firing()}
+        for fp in self.published - set(firing):
+            self._outbox.setdefault(fp, _cleared(fp))
+        for fp, alert in firing.items():
+            self._outbox.setdefault(fp, alert)
+
+    # -- the loop --------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, values: Callable[[], dict[str, Value]]) -> None:
+        """Tick the engine; run the dispatcher; return after ``stop``."""
+        if self.dispatcher is not None:
+            self.dispatcher.update(self.engine.firing())
+        async with asyncio.TaskGroup() as group:
+            if self.dispatcher is not None:
+                group.create_task(self.dispatcher.run(stop), name="alerts.dispatch")
+            while not await stopped_within(stop, self.cfg.evaluation_interval):
+                self.engine.tick(time.time_ns(), values())
+                self._drain()
+
+    # -- persistence -----------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Engine state and the published fingerprints (saved with the fleet snapshot)."""
+        return {**self.engine.snapshot(), "published": sorted(self.published)}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Load what ``snapshot`` saved."""
+        self.engine.restore(data, time.time_ns())
+        self.published = {str(fp) for fp in data.get("published", [])}
+
+
+def _cleared(fp: str) -> Alert:
+    """A stand-in for an alert whose retained message must be cleared (it no longer fires)."""
+    return Alert(fingerprint=fp, status="resolved", labels={})
+
+
+def open_alerts(cfg: AlertsConfig, fleet: Fleet, directory: Path, *, name: str) -> AlertService:
+    """The alert service of an aggregator; ConfigError lists every bad rule or route."""
+    engine = Engine(
+        configured_rules(cfg), fleet, node_labels=cfg.node_labels,
+        runbook_base=cfg.runbook_base, external_url=cfg.external_url, name=name,
+    )  # fmt: skip
+    return AlertService(cfg, engine)
