@@ -85,12 +85,22 @@ class HttpClient:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
+        allow_redirects: bool = True,
     ) -> Reply:
-        """Send one request; any status is a Reply, no answer is HttpUnavailable."""
+        """Send one request; any status is a Reply, no answer is HttpUnavailable.
+
+        ``allow_redirects=False`` returns a 3xx as it is: a POST that is followed through
+        a 301 or 302 turns into a GET without its body, whose 200 would look delivered.
+        """
         session = self._open()
         try:
             async with session.request(
-                method, url, data=body, headers=dict(headers or {}), params=params
+                method,
+                url,
+                data=body,
+                headers=dict(headers or {}),
+                params=params,
+                allow_redirects=allow_redirects,
             ) as response:
                 data = await response.read()
                 return Reply(
