@@ -93,4 +93,5 @@ class NotifyLog:
 
     def write(self, data: bytes) -> None:
         """Swap the file in whole (blocking; the dispatcher runs it off the event loop)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         replace_file(self.path, data)

@@ -461,8 +461,9 @@ def test_run_loop_delivers_with_the_real_clock(tmp_path: Path) -> None:
         from telemetryd.alerting.durations import SystemClock
 
         hook = RecordingHook("ops")
-        delivery = Delivery({"ops": hook}, tmp_path)
-        dispatcher = Dispatcher(routing(SILENCED), delivery, tmp_path)
+        alerts_dir = tmp_path / "alerts"  # created when first written
+        delivery = Delivery({"ops": hook}, alerts_dir)
+        dispatcher = Dispatcher(routing(SILENCED), delivery, alerts_dir)
         stop = asyncio.Event()
         task = asyncio.create_task(dispatcher.run(stop))
         dispatcher.update([alert(FakeClock(), "GpuHot")])
@@ -470,7 +471,7 @@ def test_run_loop_delivers_with_the_real_clock(tmp_path: Path) -> None:
             await hook.delivered.wait()
         stop.set()
         await task
-        state = json.loads((tmp_path / "notify-state.json").read_text())
+        state = json.loads((alerts_dir / "notify-state.json").read_text())
         [(key, told)] = state["told"].items()
         assert key == 'ops/{}:{alertname="GpuHot",cluster="c1",node="n1"}'
         assert 0 < told["sent_ns"] <= SystemClock().time_ns()
