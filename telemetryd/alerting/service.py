@@ -118,12 +118,16 @@ class AlertService:
         """Tick the engine; run the dispatcher; return after ``stop``."""
         if self.dispatcher is not None:
             self.dispatcher.update(self.engine.firing())
-        async with asyncio.TaskGroup() as group:
+        try:
+            async with asyncio.TaskGroup() as group:
+                if self.dispatcher is not None:
+                    group.create_task(self.dispatcher.run(stop), name="alerts.dispatch")
+                while not await stopped_within(stop, self.cfg.evaluation_interval):
+                    self.engine.tick(time.time_ns(), values())
+                    self._drain()
+        finally:
             if self.dispatcher is not None:
-                group.create_task(self.dispatcher.run(stop), name="alerts.dispatch")
-            while not await stopped_within(stop, self.cfg.evaluation_interval):
-                self.engine.tick(time.time_ns(), values())
-                self._drain()
+                await self.dispatcher.delivery.close()
 
     # -- persistence -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -143,8 +147,21 @@ def _cleared(fp: str) -> Alert:
 
 def open_alerts(cfg: AlertsConfig, fleet: Fleet, directory: Path, *, name: str) -> AlertService:
     """The alert service of an aggregator; ConfigError lists every bad rule or route."""
+    from exporters.hooks import make_hook
+    from telemetryd.alerting.delivery import Delivery
+    from telemetryd.alerting.dispatch import Dispatcher
+    from telemetryd.alerting.routing import EMPTY, load_routing
+    from telemetryd.alerting.silences import SilenceStore
+
     engine = Engine(
         configured_rules(cfg), fleet, node_labels=cfg.node_labels,
         runbook_base=cfg.runbook_base, external_url=cfg.external_url, name=name,
     )  # fmt: skip
-    return AlertService(cfg, engine)
+    routing = load_routing(Path(cfg.routing_file)) if cfg.routing_file else EMPTY
+    hooks = {n: make_hook(r) for n, r in routing.receivers.items()}
+    alerts_dir = directory / "alerts"
+    alerts_dir.mkdir(parents=True, exist_ok=True)
+    delivery = Delivery(hooks, alerts_dir, receivers=routing.receivers)
+    dispatcher = Dispatcher(routing, delivery, alerts_dir, silences=SilenceStore(alerts_dir),
+                            external_url=cfg.external_url)  # fmt: skip
+    return AlertService(cfg, engine, dispatcher=dispatcher)

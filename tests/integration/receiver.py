@@ -62,7 +62,12 @@ class Receiver:
             body = raw.decode("utf-8", "replace")
         with self._lock:
             self.received.append(
-                Received(request.path, body, time.time(), {k.lower(): v for k, v in request.headers.items()})
+                Received(
+                    request.path,
+                    body,
+                    time.time(),
+                    {k.lower(): v for k, v in request.headers.items()},
+                )
             )
         return web.Response(status=200, text="ok")
 

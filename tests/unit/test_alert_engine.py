@@ -25,8 +25,15 @@ def _base() -> Report:
     return decode_report(sampled())
 
 
-def report(seq: int, *, t: int | None = None, node: str = "n1", boot: str = "a" * 32,
-           events: list[Event] | None = None, **gpu0: object) -> Report:
+def report(
+    seq: int,
+    *,
+    t: int | None = None,
+    node: str = "n1",
+    boot: str = "a" * 32,
+    events: list[Event] | None = None,
+    **gpu0: object,
+) -> Report:
     base = _base()
     gpus = list(base.gpus)
     gpus[0] = msgspec.structs.replace(gpus[0], **gpu0)
@@ -289,7 +296,10 @@ annotations = { summary = "s" }
     with pytest.raises(ConfigError) as info:
         load_rules([bad])
     problems = info.value.problems
-    assert f"{bad}: rule[0] A.severity: expected one of critical, warning, info (got 'urgent')" in problems
+    assert (
+        f"{bad}: rule[0] A.severity: expected one of critical, warning, info (got 'urgent')"
+        in problems
+    )
     assert any(p.startswith(f"{bad}: rule[0] A.for: expected a duration") for p in problems)
     assert f"{bad}: rule[0] A.labels.node: set by the engine; choose another label name" in problems
     # the second A is fine by itself, so the first's problems are the only ones listed
