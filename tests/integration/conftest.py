@@ -228,3 +228,38 @@ def prometheus_factory(
 
     for _ in stopped_after(servers):
         yield make
+
+
+# Kept with its fixtures (below the others) so parallel additions to this file do not clash.
+from tests.integration.alertmanager import Alertmanager, alertmanager_binary  # noqa: E402
+
+_ALERTMANAGERS = pytest.StashKey[list[Alertmanager]]()
+
+
+class AlertmanagerFactory(Protocol):
+    """The ``alertmanager_factory`` fixture's call signature."""
+
+    def __call__(self, *, users: dict[str, str] | None = None) -> Alertmanager: ...
+
+
+@pytest.fixture
+def alertmanager_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Generator[AlertmanagerFactory, None, None]:
+    """Start real Alertmanagers (``users``: basic auth {name: password}); stop them all after."""
+    alertmanager_binary()  # skip or fail now
+    servers = stash_servers(request, _ALERTMANAGERS)
+
+    def make(*, users: dict[str, str] | None = None) -> Alertmanager:
+        server = Alertmanager(tmp_path_factory.mktemp("alertmanager"), users=users)
+        servers.append(server)
+        return server.start()
+
+    for _ in stopped_after(servers):
+        yield make
+
+
+@pytest.fixture
+def alertmanager(alertmanager_factory: AlertmanagerFactory) -> Alertmanager:
+    """A started Alertmanager 0.25 on 127.0.0.1:<free port>: no auth, no clustering."""
+    return alertmanager_factory()
