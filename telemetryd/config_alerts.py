@@ -21,6 +21,13 @@ class AlertsConfig(_Section):
     default_rules: Annotated[
         bool, _doc("Load the shipped GPU rule pack (docs/alerts.md lists every rule).")
     ] = True
+    disabled_rules: Annotated[
+        list[str],
+        _doc(
+            "Rules of the default pack to leave out, by name. To change one instead, put a "
+            "rule of the same name in rules_dir: it replaces the shipped one."
+        ),
+    ] = field(default_factory=list)
     rules_dir: Annotated[
         str,
         _doc(

@@ -5,10 +5,12 @@ language, and ``ast`` gives exact error positions for free. Nothing is ``eval``'
 tree is checked against a whitelist of node types, names and functions, then turned into
 closures, so a rule file can never run code.
 
-Absent is not zero. A field the report does not carry is ``None``, and arithmetic or an
-ordering comparison with ``None`` is *undefined* (``None`` again): a rule whose inputs are
-missing neither fires nor resolves, it keeps its state. ``x == None`` and ``x != None``
-are the ways to ask about absence itself. ``and``/``or`` follow three-valued logic.
+Absent is not zero. A field the report does not carry is ``None``, and arithmetic or a
+comparison with ``None`` is *undefined* (``None`` again): a rule whose inputs are missing
+neither fires nor resolves, it keeps its state (a lost GPU reports almost nothing, and
+that must not resolve its memory alerts). ``x == None`` and ``x != None``, with the
+literal ``None``, are the ways to ask about absence itself. ``and``/``or`` follow
+three-valued logic: ``True or undefined`` is True, ``False and undefined`` is False.
 """
 
 from __future__ import annotations
@@ -195,19 +197,23 @@ class _Compiler:
         return lambda env: env.attr(base, name)
 
     def compare(self, node: ast.Compare) -> Compiled:
-        steps: list[tuple[ast.cmpop, Compiled]] = []
-        for op, right in zip(node.ops, node.comparators, strict=True):
+        steps: list[tuple[ast.cmpop, Compiled, bool]] = []
+        operands = [node.left, *node.comparators]
+        for i, (op, right) in enumerate(zip(node.ops, node.comparators, strict=True)):
             if isinstance(op, ast.Is | ast.IsNot):
                 raise self.fail(node, "use == None / != None to test for an absent field")
-            steps.append((op, self.compile(right)))
+            # ``x == None`` asks about presence; any other comparison with an absent
+            # value is undefined (absent is not 0, not False, not "none").
+            presence = _is_none(operands[i]) or _is_none(right)
+            steps.append((op, self.compile(right), presence))
         left = self.compile(node.left)
 
         def run(env: Env) -> Value:
             a = left(env)
             result: Value = True
-            for op, right_fn in steps:
+            for op, right_fn, presence in steps:
                 b = right_fn(env)
-                ok = _compare(op, a, b)
+                ok = _compare(op, a, b, presence)
                 if ok is False:
                     return False
                 if ok is None:
@@ -286,11 +292,15 @@ def _pick(fn: Callable[[list[Any]], Any], values: list[Value]) -> Value:
     return fn(values)
 
 
-def _compare(op: ast.cmpop, a: Value, b: Value) -> bool | None:
-    if isinstance(op, ast.Eq):
-        return bool(a == b)
-    if isinstance(op, ast.NotEq):
-        return bool(a != b)
+def _is_none(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
+
+
+def _compare(op: ast.cmpop, a: Value, b: Value, presence: bool) -> bool | None:
+    if isinstance(op, ast.Eq | ast.NotEq):
+        if not presence and (a is None or b is None):
+            return None
+        return bool(a == b) if isinstance(op, ast.Eq) else bool(a != b)
     if isinstance(op, ast.In | ast.NotIn):
         if a is None or b is None or not isinstance(b, tuple | list | str):
             return None

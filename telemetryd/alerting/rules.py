@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -111,33 +112,51 @@ class Rule:
         return out
 
 
-def load_rules(paths: list[Path], *, default_pack: bool = False) -> list[Rule]:
-    """Every rule of the given files (and the shipped pack); ConfigError lists all problems."""
+DEFAULT_PACK = "default rule pack"
+
+
+def default_rules() -> str:
+    """The text of the shipped rule pack."""
+    pack = resources.files("telemetryd.alerting").joinpath("rules/default.toml")
+    return pack.read_text(encoding="utf-8")
+
+
+def load_rules(
+    paths: list[Path], *, default_pack: bool = False, disabled: Iterable[str] = ()
+) -> list[Rule]:
+    """Every rule of the given files (and the shipped pack); ConfigError lists all problems.
+
+    A site tunes the shipped pack without forking it: a rule in its own files with the
+    name of a shipped rule replaces that rule, and ``disabled`` names shipped rules to
+    leave out. Names must otherwise be unique.
+    """
     problems: list[str] = []
-    rules: list[Rule] = []
-    sources: list[tuple[str, str]] = []
+    shipped: dict[str, Rule] = {}
     if default_pack:
-        pack = resources.files("telemetryd.alerting").joinpath("rules/default.toml")
-        sources.append(("default rule pack", pack.read_text(encoding="utf-8")))
+        shipped = {r.name: r for r in parse_rules(default_rules(), DEFAULT_PACK, problems)}
+    for name in disabled:
+        if shipped.pop(name, None) is None and default_pack:
+            problems.append(
+                f"disabled_rules: {name!r} is not a rule of the default pack (see docs/alerts.md)"
+            )
+    own: dict[str, Rule] = {}
     for path in paths:
         try:
-            sources.append((str(path), path.read_text(encoding="utf-8")))
+            text = path.read_text(encoding="utf-8")
         except OSError as exc:
             problems.append(f"{path}: cannot read: {exc.strerror or exc}")
-    seen: dict[str, str] = {}
-    for source, text in sources:
-        for rule in parse_rules(text, source, problems):
-            if rule.name in seen:
+            continue
+        for rule in parse_rules(text, str(path), problems):
+            if rule.name in own:
                 problems.append(
-                    f"{source}: rule {rule.name}: name already used in {seen[rule.name]}"
+                    f"{path}: rule {rule.name}: name already used in {own[rule.name].source}"
                     " (rule names must be unique)"
                 )
                 continue
-            seen[rule.name] = source
-            rules.append(rule)
+            own[rule.name] = rule
     if problems:
         raise ConfigError(problems)
-    return rules
+    return [r for name, r in shipped.items() if name not in own] + list(own.values())
 
 
 def rule_files(directory: Path) -> list[Path]:

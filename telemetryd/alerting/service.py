@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def configured_rules(cfg: AlertsConfig) -> list[Rule]:
     """The shipped pack (unless turned off) and the rules directory; ConfigError lists all."""
     paths = rule_files(Path(cfg.rules_dir)) if cfg.rules_dir else []
-    return load_rules(paths, default_pack=cfg.default_rules)
+    return load_rules(paths, default_pack=cfg.default_rules, disabled=cfg.disabled_rules)
 
 
 class AlertService:

@@ -110,3 +110,4 @@ class Receiver:
         self.stop()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()

@@ -312,3 +312,40 @@ def test_values_are_undefined_not_zero() -> None:
 
     gpu = msgspec.structs.replace(_base().gpus[0], power_w=500.0, power_enforced_limit_w=None)
     assert expr.fn(GpuEnv(_base(), gpu, {}, None)) is None
+
+
+def test_site_rules_replace_or_disable_shipped_ones(tmp_path: Path) -> None:
+    shipped = {r.name: r for r in load_rules([], default_pack=True)}
+    assert shipped["NodeOffline"].for_s == 30
+    own = tmp_path / "site.toml"
+    own.write_text("""
+[[rule]]
+name = "NodeOffline"
+scope = "node"
+expr = "state == 'offline'"
+for = "2m"
+severity = "warning"
+annotations = { summary = "{{ node }} offline" }
+""")
+    rules = {r.name: r for r in load_rules([own], default_pack=True, disabled=["NodeSilent"])}
+    assert rules["NodeOffline"].for_s == 120 and rules["NodeOffline"].severity == "warning"
+    assert "NodeSilent" not in rules
+    assert len(rules) == len(shipped) - 1
+    with pytest.raises(ConfigError, match="'NoSuchRule' is not a rule of the default pack"):
+        load_rules([], default_pack=True, disabled=["NoSuchRule"])
+
+
+def test_equality_with_an_absent_field_is_undefined_unless_it_asks_about_presence() -> None:
+    from telemetryd.alerting.envs import GpuEnv
+
+    gpu = msgspec.structs.replace(_base().gpus[0], recovery_action=None, error=None)
+    env = GpuEnv(_base(), gpu, {}, None)
+
+    def run(text: str) -> object:
+        return compile_expr(text, SCOPE_NAMES["gpu"]).fn(env)
+
+    assert run('recovery_action != "none"') is None
+    assert run("remap_pending == True") is None or gpu.remap_pending is not None
+    assert run("error == None") is True
+    assert run("None != error") is False
+    assert run('error == None or error != "gpu_lost"') is True
