@@ -387,6 +387,123 @@ def config_sample(role: str) -> None:
     click.echo(render(Config(), (role,), sample=True), nl=False)
 
 
+@cli.group()
+def alerts() -> None:
+    """List alerts, silence them, test receivers and check rule files."""
+
+
+_CONFIG = click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
+                       help="The aggregator's TOML configuration file.")  # fmt: skip
+_STATE_DIR = click.option("--state-dir", type=click.Path(file_okay=False),
+                          help="The aggregator's state directory.  [default: its own]")  # fmt: skip
+
+
+def _parsed(parser: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback: admin.<parser>(value), None kept; its ValueError is bad usage."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        from telemetryd.alerting import admin
+
+        try:
+            return None if value is None else getattr(admin, parser)(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
+
+
+@alerts.command("list")
+@_CONFIG
+@_STATE_DIR
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def alerts_list(config_file: str | None, state_dir: str | None, as_json: bool) -> None:
+    """Firing and pending alerts, active silences and undelivered notifications.
+
+    As the aggregator last saved them (every 5 s). MUTED names the silences muting an
+    alert; inhibition is known only to the running aggregator and is not shown. NOTIFIED
+    names the receivers the aggregator told that the alert fires. The newest 20
+    undelivered notifications are shown; the dead-letter file has them all.
+    """
+    from telemetryd.alerting import admin
+
+    view = admin.overview(admin.load_config(config_file, state_dir))
+    click.echo(admin.to_json(view) if as_json else admin.render(view), nl=False)
+
+
+@alerts.command("silence")
+@_CONFIG
+@_STATE_DIR
+@click.argument("matchers", nargs=-1, required=True, metavar="MATCHER...",
+                callback=_parsed("parse_matchers"))  # fmt: skip
+@click.option("--duration", metavar="D", help="How long: 2h, 1h30m, 3d.",
+              callback=_parsed("parse_duration"))  # fmt: skip
+@click.option("--until", metavar="T", help="When it ends: 2026-11-30T18:00:00Z, Unix seconds.",
+              callback=_parsed("parse_moment"))  # fmt: skip
+@click.option("--start", metavar="T", help="When it starts.  [default: now]",
+              callback=_parsed("parse_moment"))  # fmt: skip
+@click.option("--author", help="Who sets it.  [default: $USER]")
+@click.option("--comment", required=True, help="Why: the maintenance, the ticket.")
+def alerts_silence(
+    config_file: str | None, state_dir: str | None, matchers: Any, duration: float | None,
+    until: int | None, start: int | None, author: str | None, comment: str,
+) -> None:  # fmt: skip
+    """Mute the alerts that MATCHER... match ('node="n17"' 'gpu=~"0|1"'); print its id.
+
+    Matchers are Alertmanager's: = != =~ !~. Give --duration or --until. The running
+    aggregator reads the silence within a second.
+    """
+    if (duration is None) == (until is None):
+        raise click.UsageError("give one of --duration and --until")
+    from telemetryd.alerting import admin
+
+    silence = admin.add_silence(admin.load_config(config_file, state_dir), matchers,
+                                starts_ns=start, ends_ns=until, duration_s=duration,
+                                author=author, comment=comment)  # fmt: skip
+    click.echo(silence.id)
+
+
+@alerts.command("unsilence")
+@_CONFIG
+@_STATE_DIR
+@click.argument("silence_id", metavar="ID")
+def alerts_unsilence(config_file: str | None, state_dir: str | None, silence_id: str) -> None:
+    """End the silence ID (or a unique prefix of it) now."""
+    from telemetryd.alerting import admin
+
+    silence = admin.expire_silence(admin.load_config(config_file, state_dir), silence_id)
+    click.echo(f"expired {admin.describe(silence)}")
+
+
+@alerts.command("test-hook")
+@_CONFIG
+@click.option("--no-resolve", is_flag=True, help="Send only the firing notification.")
+@click.argument("name")
+def alerts_test_hook(config_file: str | None, no_resolve: bool, name: str) -> None:
+    """Send a test alert, then its resolve, to the receiver NAME of the routing file.
+
+    One attempt each, no retries; exits 1 with the receiver's answer if it refused.
+    """
+    from telemetryd.alerting import admin
+
+    admin.send_test(admin.load_config(config_file, None), name, resolve=not no_resolve,
+                    echo=click.echo)  # fmt: skip
+
+
+@alerts.command("check-rules")
+@_CONFIG
+@click.option("--with-defaults", is_flag=True, help="With DIR: also load the shipped rule pack.")
+@click.argument("directory", metavar="[DIR]", required=False)
+def alerts_check_rules(config_file: str | None, with_defaults: bool, directory: str | None) -> None:
+    """Check every *.toml rule file of DIR; print every problem (exit 2).
+
+    Without DIR: the rules the configuration loads (the shipped pack by default).
+    """
+    from telemetryd.alerting import admin
+
+    cfg = admin.load_config(config_file, None)
+    click.echo(admin.check_rules(directory, cfg, with_defaults=with_defaults))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn every failure into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from telemetryd import registry
 from telemetryd.config import AgentConfig, AggregatorConfig, BrokerConfig, Config, TlsConfig
+from telemetryd.config_alerts import AlertsConfig
+from telemetryd.errors import ConfigError
 from telemetryd.names import name_problem
 from telemetryd.secrets import secret_path, unreadable
 from telemetryd.urls import SinkUrl, UrlError, parse_broker_url, parse_listen, parse_sink_url
@@ -125,6 +127,33 @@ def _aggregator(cfg: AggregatorConfig, where: Where, env: Mapping[str, str]) -> 
             parse_listen(cfg.listen)
         except UrlError as exc:
             problems.append(f"{where('aggregator.listen')}: aggregator.listen: {exc}")
+    return problems + _alerts(cfg.alerts, where)
+
+
+def _alerts(cfg: AlertsConfig, where: Where) -> list[str]:
+    """Rules and routing the aggregator would refuse at start, each problem on its line.
+
+    The shipped pack alone is not re-read (it is checked when it is built); with a
+    rules_dir it is loaded too, since a site rule may reuse one of its names. Receivers'
+    secrets are read when the aggregator builds the hooks, not here.
+    """
+    if not cfg.enabled:
+        return []
+    problems: list[str] = []
+    checks: list[tuple[str, Callable[[], object]]] = []
+    if cfg.rules_dir:
+        from telemetryd.alerting.service import configured_rules
+
+        checks.append(("aggregator.alerts.rules_dir", lambda: configured_rules(cfg)))
+    if cfg.routing_file:
+        from telemetryd.alerting.routing import load_routing
+
+        checks.append(("aggregator.alerts.routing_file", lambda: load_routing(cfg.routing_file)))
+    for dotted, check in checks:
+        try:
+            check()
+        except ConfigError as exc:
+            problems += [f"{where(dotted)}: {dotted}: {problem}" for problem in exc.problems]
     return problems
 
 
