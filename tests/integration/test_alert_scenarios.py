@@ -34,7 +34,7 @@ group_by = ["..."]
 group_wait = "0s"
 group_interval = "1s"
 repeat_interval = "1h"
-
+{second_route}
 [[route.routes]]
 matchers = ['alertname="NodeSilent"']
 receiver = "oncall"
@@ -44,7 +44,7 @@ group_wait = "{silent_wait}"
 matchers = ['scope=~"gpu|event"']
 receiver = "oncall"
 group_wait = "{gpu_wait}"
-{second_route}
+
 [[receiver]]
 name = "oncall"
 type = "webhook"
@@ -271,9 +271,7 @@ annotations = {{ summary = "GPU {{{{ gpu }}}} lost" }}
     if when == "firing":
         wait_until(lambda: named(receiver, "TestGpuLost"), 20, "the page")
     else:
-        wait_until(lambda: "gpu_lost" in (tmp_path / "agent-n1.log").read_text()
-                   or _lost_seen(agg), 20, "the GPU is lost")  # fmt: skip
-        time.sleep(1.5)
+        time.sleep(5)  # the GPU is lost 2 s after the agent started; 'for' is 6 s
         assert named(receiver, "TestGpuLost") == []  # still pending
     agg.stop()
     time.sleep(1)
@@ -283,10 +281,6 @@ annotations = {{ summary = "GPU {{{{ gpu }}}} lost" }}
     node.stop()
     agg.stop()
     assert [s for s, _ in named(receiver, "TestGpuLost")] == ["firing", "resolved"]
-
-
-def _lost_seen(agg: Service) -> bool:
-    return "TestGpuLost" in agg.log.read_text()
 
 
 def test_a_receiver_that_is_down_is_retried_and_the_others_are_told_on_time(
