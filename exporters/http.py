@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import email.utils
 import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,6 +25,9 @@ from aiohttp import web
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError, OSError)
 """What a request through aiohttp raises when no HTTP answer came back."""
+
+RETRY_AFTER_MAX = 300.0
+"""Seconds: a server asking for longer (or a broken header) is asked again after this."""
 
 
 class HttpUnavailable(Exception):
@@ -117,6 +122,30 @@ class HttpClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def retry_after(value: str | None, now: datetime.datetime | None = None) -> float | None:
+    """Seconds from a Retry-After header (seconds or an HTTP date), capped; None if absent.
+
+    Every HTTP client here (the InfluxDB sinks, the on-call hooks) reads the header the
+    same way, so one server's "come back in 7 s" means the same wherever it is answered.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = (when - (now or datetime.datetime.now(datetime.UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
 def basic_auth(user: str, password: str) -> str:

@@ -27,8 +27,6 @@ Set-aside lines go to the dead-letter file through ``SinkRejected``; every retry
 from __future__ import annotations
 
 import asyncio
-import datetime
-import email.utils
 import gzip
 import logging
 import re
@@ -37,6 +35,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from exporters.base import SinkError, SinkRejected
+from exporters.http import RETRY_AFTER_MAX as RETRY_AFTER_MAX  # re-exported: the sinks' cap
+from exporters.http import retry_after as retry_after  # re-exported for the InfluxDB sinks
 from exporters.lineprotocol import Encoder
 from telemetryd.model import Report
 
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_MAX = 300.0
-"""Seconds: a server asking for longer (or a broken header) is asked again after this."""
 _DROPPED = re.compile(r"dropped=(\d+)")
 
 
@@ -62,26 +60,6 @@ class WriteReply:
 
 Post = Callable[[bytes], Awaitable[WriteReply]]
 """Sends one body (gzip-compressed when ``gzip``); raises SinkError when no answer came."""
-
-
-def retry_after(value: str | None, now: datetime.datetime | None = None) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date), capped; None if absent."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.UTC)
-        seconds = (when - (now or datetime.datetime.now(datetime.UTC))).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
 class Interrupted(SinkError):

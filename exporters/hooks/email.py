@@ -30,10 +30,9 @@ import time
 from collections.abc import Callable
 
 from exporters.hooks.base import HookError
+from exporters.hooks.common import check_ca, config_error, password, to_tell
 from exporters.hooks.config import EmailReceiver
 from telemetryd.alerting.model import Alert, Notification
-from telemetryd.errors import ConfigError
-from telemetryd.secrets import read_secret, secret_path, unreadable
 
 SUBJECT_MAX = 200
 KNOWN_ANNOTATIONS = ("summary", "description", "runbook_url")
@@ -41,46 +40,32 @@ KNOWN_ANNOTATIONS = ("summary", "description", "runbook_url")
 
 def create(cfg: EmailReceiver) -> EmailHook:
     """The hook for one ``type = "email"`` receiver; checks its keys, reads its password."""
-    where = f'receiver "{cfg.name}" (email)'
-    host, port = smarthost(cfg.smarthost, where)
+    host, port = smarthost(cfg)
     if not cfg.sender:
-        raise ConfigError([f"{where}: sender is empty; expected the From address"])
+        raise config_error(cfg, "sender is empty; expected the From address")
     if not _is_address(cfg.sender):
-        raise ConfigError([f"{where}: sender {cfg.sender!r}; expected an address like a@b.c"])
+        raise config_error(cfg, f"sender {cfg.sender!r}; expected an address like a@b.c")
     if not cfg.to:
-        raise ConfigError([f"{where}: to is empty; expected at least one recipient address"])
+        raise config_error(cfg, "to is empty; expected at least one recipient address")
     for address in cfg.to:
         if not _is_address(address):
-            raise ConfigError([f"{where}: to: {address!r}; expected an address like a@b.c"])
-    if cfg.ca_file and (why := unreadable(cfg.ca_file)):
-        raise ConfigError([f"{where}: ca_file: {why}; expected a readable PEM CA bundle"])
-    password = None
-    if cfg.username:
-        path = secret_path(cfg.password_file, f"{cfg.name}.password")
-        if path is None:
-            raise ConfigError([
-                f"{where}: username set but no password: expected password_file or the "
-                f"systemd credential {cfg.name}.password"
-            ])  # fmt: skip
-        try:
-            password = read_secret(path).reveal()
-        except OSError as exc:
-            raise ConfigError([f"{where}: password_file {path}: {exc.strerror or exc}"]) from None
-    elif cfg.password_file:
-        raise ConfigError([f"{where}: password_file set without username; expected both"])
-    return EmailHook(cfg, host, port, password)
+            raise config_error(cfg, f"to: {address!r}; expected an address like a@b.c")
+    check_ca(cfg)
+    secret = password(cfg, "the SMTP password")
+    return EmailHook(cfg, host, port, secret.reveal() if secret is not None else None)
 
 
-def smarthost(value: str, where: str) -> tuple[str, int]:
+def smarthost(cfg: EmailReceiver) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for an IPv6 address) split, or ConfigError."""
+    value = cfg.smarthost
     host, sep, port_text = value.strip().rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     port = int(port_text) if port_text.isdigit() else 0
     if not sep or not host or not 0 < port < 65536 or any(c.isspace() for c in host):
-        raise ConfigError([
-            f"{where}: smarthost {value!r} is not HOST:PORT; expected e.g. mail.example.com:587"
-        ])  # fmt: skip
+        raise config_error(
+            cfg, f"smarthost {value!r} is not HOST:PORT; expected e.g. mail.example.com:587"
+        )
     return host, port
 
 
@@ -109,7 +94,10 @@ class EmailHook:
 
     async def send(self, notification: Notification) -> None:
         """Compose and deliver one mail; HookError says whether another attempt may help."""
-        message = compose(notification, self.cfg.sender, self.cfg.to)
+        told = to_tell(notification, self.send_resolved)
+        if told is None:
+            return
+        message = compose(told, self.cfg.sender, self.cfg.to)
         await asyncio.to_thread(self._deliver, message)
 
     async def close(self) -> None:

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import os
 import signal
-from typing import Any
 
 from exporters.hooks.base import HookError
+from exporters.hooks.common import config_error, to_tell, webhook_payload
 from exporters.hooks.config import ExecReceiver
-from telemetryd.alerting.model import Alert, Notification
+from telemetryd.alerting.model import Notification
 from telemetryd.codec import encode_json
-from telemetryd.errors import ConfigError
 
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 """Variables passed on from the aggregator's environment (when set there)."""
@@ -37,50 +35,12 @@ STDERR_KEEP = 64 * 1024  # bytes of stderr kept for the error message (its tail)
 
 def create(cfg: ExecReceiver) -> ExecHook:
     """The hook for one ``type = "exec"`` receiver."""
-    where = f'receiver "{cfg.name}" (exec)'
     if not cfg.command or not cfg.command[0]:
-        raise ConfigError([f'{where}: command is empty; expected an argv list like ["/path"]'])
+        raise config_error(cfg, 'command is empty; expected an argv list like ["/path"]')
     for key in cfg.env:
         if not key or "=" in key or "\x00" in key:
-            raise ConfigError([f"{where}: env key {key!r}; expected a variable name"])
+            raise config_error(cfg, f"env key {key!r}; expected a variable name")
     return ExecHook(cfg)
-
-
-def rfc3339(ns: int) -> str:
-    """Nanoseconds since the epoch as RFC 3339 UTC; 0 as Go's zero time (Alertmanager's)."""
-    if ns <= 0:
-        return "0001-01-01T00:00:00Z"
-    when = datetime.datetime.fromtimestamp(ns // 1_000_000_000, tz=datetime.UTC)
-    when = when.replace(microsecond=(ns % 1_000_000_000) // 1000)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def webhook_payload(n: Notification) -> dict[str, Any]:
-    """Alertmanager's webhook body, version 4."""
-    return {
-        "version": "4",
-        "groupKey": n.group_key,
-        "truncatedAlerts": n.truncated,
-        "status": n.status,
-        "receiver": n.receiver,
-        "groupLabels": n.group_labels,
-        "commonLabels": n.common_labels,
-        "commonAnnotations": n.common_annotations,
-        "externalURL": n.external_url,
-        "alerts": [_alert(a) for a in n.alerts],
-    }
-
-
-def _alert(a: Alert) -> dict[str, Any]:
-    return {
-        "status": a.status,
-        "labels": a.labels,
-        "annotations": a.annotations,
-        "startsAt": rfc3339(a.fired_ns or a.starts_ns),
-        "endsAt": rfc3339(a.ends_ns if a.status == "resolved" else 0),
-        "generatorURL": a.generator_url,
-        "fingerprint": a.fingerprint,
-    }
 
 
 class ExecHook:
@@ -98,7 +58,10 @@ class ExecHook:
 
     async def send(self, notification: Notification) -> None:
         """Run the command with the notification on stdin; HookError unless it exits 0."""
-        payload = encode_json(webhook_payload(notification))
+        told = to_tell(notification, self.send_resolved)
+        if told is None:
+            return
+        payload = encode_json(webhook_payload(told))
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.command,

@@ -13,23 +13,13 @@ Management); the hook stays for the sites that still page through it.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 from exporters.hooks.base import Hook
+from exporters.hooks.common import check_ca, config_error, load_secret, summary, truncate
 from exporters.hooks.config import OpsgenieReceiver
-from exporters.hooks.webhook import (
-    Poster,
-    check_ca,
-    check_url,
-    config_error,
-    each,
-    load_secret,
-    summary,
-    to_tell,
-    truncate,
-)
+from exporters.hooks.httppost import PostHook, Request, check_url
 from telemetryd.alerting.model import SEVERITIES, Alert, Notification
 from telemetryd.secrets import Secret
 
@@ -82,43 +72,28 @@ def close_body(alert: Alert) -> dict[str, Any]:
     return {"source": SOURCE, "note": truncate(f"Resolved: {summary(alert)}", 25000)}
 
 
-class OpsgenieHook:
-    """Creates and closes Opsgenie alerts with one API key."""
+class OpsgenieHook(PostHook):
+    """Creates and closes Opsgenie alerts with one API key, one request per alert.
+
+    In order, as one attempt; see ``httppost.each`` for what a partial failure means.
+    """
 
     def __init__(self, cfg: OpsgenieReceiver, base: str, key: Secret) -> None:
-        self.name = cfg.name
-        self.send_resolved = cfg.send_resolved
+        super().__init__(cfg, base.rstrip("/"), {"Authorization": f"GenieKey {key.reveal()}"})
         self._cfg = cfg
-        self._base = base.rstrip("/")
-        self._headers = {"Authorization": f"GenieKey {key.reveal()}"}
-        self._poster = Poster(cfg)
 
-    def requests(self, notification: Notification) -> list[tuple[str, dict[str, Any], str]]:
-        """(URL, body, what) of each request one notification becomes."""
-        told = to_tell(notification, self.send_resolved)
-        out: list[tuple[str, dict[str, Any], str]] = []
-        for alert in told.alerts if told is not None else []:
+    def requests(self, notification: Notification) -> list[Request]:
+        """A create per firing alert, a close (by alias) per resolved one."""
+        out: list[Request] = []
+        for alert in notification.alerts:
             if alert.status == "firing":
-                out.append((f"{self._base}/v2/alerts", create_body(alert, self._cfg),
+                out.append((f"{self.url}/v2/alerts", create_body(alert, self._cfg),
                             f"create {alert.fingerprint}"))  # fmt: skip
             else:
                 alias = quote(alert.fingerprint, safe="")
-                url = f"{self._base}/v2/alerts/{alias}/close?identifierType=alias"
+                url = f"{self.url}/v2/alerts/{alias}/close?identifierType=alias"
                 out.append((url, close_body(alert), f"close {alert.fingerprint}"))
         return out
-
-    async def send(self, notification: Notification) -> None:
-        """One request per alert, in order; see ``webhook.each`` for partial failures."""
-        await each(
-            [
-                partial(self._poster.post, url, body, headers=self._headers, what=what)
-                for url, body, what in self.requests(notification)
-            ]
-        )
-
-    async def close(self) -> None:
-        """Release connections; safe to call twice."""
-        await self._poster.close()
 
 
 def _check(cfg: OpsgenieReceiver) -> None:
@@ -154,5 +129,4 @@ def create(cfg: OpsgenieReceiver) -> Hook:
         cfg, "api_key_file", cfg.api_key_file, "api-key",
         "a file with the Opsgenie API key", required=True,
     )  # fmt: skip
-    assert key is not None
     return OpsgenieHook(cfg, base, key)

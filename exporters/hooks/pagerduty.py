@@ -14,22 +14,12 @@ pass.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from exporters.hooks.base import Hook
+from exporters.hooks.common import check_ca, load_secret, rfc3339, summary, truncate
 from exporters.hooks.config import PagerDutyReceiver
-from exporters.hooks.webhook import (
-    Poster,
-    check_ca,
-    check_url,
-    each,
-    load_secret,
-    rfc3339,
-    summary,
-    to_tell,
-    truncate,
-)
+from exporters.hooks.httppost import PostHook, Request, check_url
 from telemetryd.alerting.model import SEVERITIES, Alert, Notification
 from telemetryd.codec import encode_json
 
@@ -93,43 +83,26 @@ def resolve_event(routing_key: str, alert: Alert) -> dict[str, Any]:
     return {"routing_key": routing_key, "dedup_key": alert.fingerprint, "event_action": "resolve"}
 
 
-class PagerDutyHook:
-    """Sends trigger and resolve events to one integration (routing key)."""
+class PagerDutyHook(PostHook):
+    """Sends trigger and resolve events to one integration (routing key), one per alert.
+
+    In order, as one attempt; see ``httppost.each`` for what a partial failure means.
+    """
 
     def __init__(self, cfg: PagerDutyReceiver, url: str, routing_key: str) -> None:
-        self.name = cfg.name
-        self.send_resolved = cfg.send_resolved
+        super().__init__(cfg, url)
         self._cfg = cfg
-        self._url = url
         self._key = routing_key
-        self._poster = Poster(cfg)
 
-    def events(self, notification: Notification) -> list[dict[str, Any]]:
-        """The events one notification becomes (resolves only when ``send_resolved``)."""
-        told = to_tell(notification, self.send_resolved)
-        if told is None:
-            return []
-        return [
+    def requests(self, notification: Notification) -> list[Request]:
+        """A trigger event per firing alert, a resolve event per resolved one."""
+        events = [
             trigger_event(self._key, a, self._cfg)
             if a.status == "firing"
             else resolve_event(self._key, a)
-            for a in told.alerts
+            for a in notification.alerts
         ]
-
-    async def send(self, notification: Notification) -> None:
-        """One event per alert, in order; see ``webhook.each`` for partial failures."""
-        await each(
-            [
-                partial(
-                    self._poster.post, self._url, e, what=f"{e['event_action']} {e['dedup_key']}"
-                )
-                for e in self.events(notification)
-            ]
-        )
-
-    async def close(self) -> None:
-        """Release connections; safe to call twice."""
-        await self._poster.close()
+        return [(self.url, e, f"{e['event_action']} {e['dedup_key']}") for e in events]
 
 
 def create(cfg: PagerDutyReceiver) -> Hook:
@@ -140,5 +113,4 @@ def create(cfg: PagerDutyReceiver) -> Hook:
         cfg, "routing_key_file", cfg.routing_key_file, "routing-key",
         "a file with the PagerDuty integration key (32 characters)", required=True,
     )  # fmt: skip
-    assert key is not None
     return PagerDutyHook(cfg, url, key.reveal())

@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from exporters.hooks.base import Hook
+from exporters.hooks.common import check_ca, summary, title, truncate
 from exporters.hooks.config import SlackReceiver
-from exporters.hooks.webhook import Poster, check_ca, endpoint, summary, title, to_tell, truncate
+from exporters.hooks.httppost import PostHook, endpoint
 from telemetryd.alerting.model import Alert, Notification
 
 MAX_BLOCKS = 50
@@ -111,25 +112,18 @@ def message(notification: Notification, cfg: SlackReceiver) -> dict[str, Any]:
     return body
 
 
-class SlackHook:
-    """Posts one message per notification to an incoming webhook."""
+class SlackHook(PostHook):
+    """Posts one message per notification to an incoming webhook; only 200 is success."""
+
+    ok = (200,)
 
     def __init__(self, cfg: SlackReceiver, url: str) -> None:
-        self.name = cfg.name
-        self.send_resolved = cfg.send_resolved
+        super().__init__(cfg, url)
         self._cfg = cfg
-        self._url = url
-        self._poster = Poster(cfg)
 
-    async def send(self, notification: Notification) -> None:
-        """Deliver once; only 200 is success."""
-        told = to_tell(notification, self.send_resolved)
-        if told is not None:
-            await self._poster.post(self._url, message(told, self._cfg), ok=(200,))
-
-    async def close(self) -> None:
-        """Release connections; safe to call twice."""
-        await self._poster.close()
+    def body(self, notification: Notification) -> object:
+        """The message, with the receiver's channel and username."""
+        return message(notification, self._cfg)
 
 
 def create(cfg: SlackReceiver) -> Hook:

@@ -18,8 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 from exporters.hooks.base import Hook
+from exporters.hooks.common import check_ca, summary, title, truncate
 from exporters.hooks.config import TeamsReceiver
-from exporters.hooks.webhook import Poster, check_ca, endpoint, summary, title, to_tell, truncate
+from exporters.hooks.httppost import PostHook, endpoint
 from telemetryd.alerting.model import Alert, Notification
 from telemetryd.codec import encode_json
 
@@ -98,24 +99,14 @@ def card(notification: Notification) -> dict[str, Any]:
     }
 
 
-class TeamsHook:
-    """Posts one card per notification to a Teams Workflows webhook."""
+class TeamsHook(PostHook):
+    """Posts one card per notification to a Teams Workflows webhook; 200 and 202 are success."""
 
-    def __init__(self, cfg: TeamsReceiver, url: str) -> None:
-        self.name = cfg.name
-        self.send_resolved = cfg.send_resolved
-        self._url = url
-        self._poster = Poster(cfg)
+    ok = (200, 202)
 
-    async def send(self, notification: Notification) -> None:
-        """Deliver once; 200 and 202 are success."""
-        told = to_tell(notification, self.send_resolved)
-        if told is not None:
-            await self._poster.post(self._url, card(told), ok=(200, 202))
-
-    async def close(self) -> None:
-        """Release connections; safe to call twice."""
-        await self._poster.close()
+    def body(self, notification: Notification) -> object:
+        """The message holding the notification's card."""
+        return card(notification)
 
 
 def create(cfg: TeamsReceiver) -> Hook:

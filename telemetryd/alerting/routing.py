@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from exporters.hooks import MODULES
-from exporters.hooks.config import Receiver
-from telemetryd.alerting.durations import parse_duration
+from exporters.hooks.alertmanager import RESOLVE_TIMEOUT_S
+from exporters.hooks.config import AlertmanagerReceiver, Receiver
+from telemetryd.alerting.durations import format_duration, parse_duration
 from telemetryd.alerting.matchers import LABEL_NAME, Matcher, matches_all, parse_matcher
 from telemetryd.alerting.matchers import quote as quote_value
 from telemetryd.codec import DecodeError, convert
@@ -266,6 +267,26 @@ def _inhibits(value: Any, problem: Problem) -> tuple[InhibitRule, ...]:
     return tuple(rules)
 
 
+def _check_repeat(
+    target: Receiver | None, repeat: float, path: str, table: dict[str, Any], problem: Problem
+) -> None:
+    """An alertmanager receiver must hear a firing alert again before it resolves it.
+
+    The hook pushes a firing alert with endsAt = now + ``RESOLVE_TIMEOUT_S``; repeating
+    less often lets Alertmanager resolve an alert that still fires here. Checked where the
+    receiver or the interval is set, so one cause is one line, not one per child route.
+    """
+    if not isinstance(target, AlertmanagerReceiver) or repeat < RESOLVE_TIMEOUT_S:
+        return
+    limit = format_duration(RESOLVE_TIMEOUT_S)
+    got = format_duration(repeat) + ("" if "repeat_interval" in table else ", inherited")
+    problem(
+        f"{path}.repeat_interval",
+        f"expected less than {limit} for alertmanager receiver {target.name!r}, which "
+        f"resolves a pushed alert not pushed again within {limit} (got {got})",
+    )
+
+
 def _route(
     table: dict[str, Any],
     path: str,
@@ -291,7 +312,7 @@ def _route(
     if "group_by" in table:
         group_by = _label_names(table["group_by"], f"{path}.group_by", problem, allow_all=True)
         group_by = None if ALL_LABELS in group_by else group_by
-    timing = {}
+    timing, unparsed = {}, set()
     for name, default in DEFAULTS.items():
         timing[name] = getattr(parent, name) if parent else default
         if name in table:
@@ -299,8 +320,12 @@ def _route(
                 timing[name] = parse_duration(table[name])
             except ValueError as exc:
                 problem(f"{path}.{name}", str(exc))
+                unparsed.add(name)
             if name != "group_wait" and timing[name] <= 0:
                 problem(f"{path}.{name}", "expected a duration above zero")
+    set_here = "receiver" in table or "repeat_interval" in table or parent is None
+    if set_here and "repeat_interval" not in unparsed:
+        _check_repeat(receivers.get(receiver), timing["repeat_interval"], path, table, problem)
     matchers = _matchers(table.get("matchers", []), f"{path}.matchers", problem)
     continue_ = table.get("continue", False)
     if not isinstance(continue_, bool):

@@ -34,6 +34,7 @@ from typing import Protocol
 
 import pytest
 
+from tests.integration.alertmanager import Alertmanager, alertmanager_binary
 from tests.integration.influxdb import InfluxDB, influxd_binary
 from tests.integration.mosquitto import (
     Certs,
@@ -229,9 +230,6 @@ def prometheus_factory(
     for _ in stopped_after(servers):
         yield make
 
-
-# Kept with its fixtures (below the others) so parallel additions to this file do not clash.
-from tests.integration.alertmanager import Alertmanager, alertmanager_binary  # noqa: E402
 
 _ALERTMANAGERS = pytest.StashKey[list[Alertmanager]]()
 

@@ -7,9 +7,7 @@ the resolve push (endsAt = the alert's end) must take it off that list at once.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +15,13 @@ import pytest
 
 from exporters.hooks import make_hook
 from exporters.hooks.alertmanager import RESOLVE_TIMEOUT_S
-from exporters.hooks.base import Hook, HookError
+from exporters.hooks.base import HookError
 from exporters.hooks.config import AlertmanagerReceiver
-from telemetryd.alerting.model import Notification
-from tests.hookcases import xid_alert, xid_notification
+from tests.hookcases import deliver, group, make_alert, run, send
 from tests.integration.alertmanager import Alertmanager
 from tests.integration.mosquitto import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout=30))
-
-
-async def push(hook: Hook, *notifications: Notification) -> None:
-    try:
-        for n in notifications:
-            await hook.send(n)
-    finally:
-        await hook.close()
 
 
 def parse(text: str) -> datetime.datetime:
@@ -44,11 +29,10 @@ def parse(text: str) -> datetime.datetime:
 
 
 def test_pushed_alerts_are_active_with_labels_and_annotations(alertmanager: Alertmanager) -> None:
-    gpu3, gpu5 = xid_alert(3), xid_alert(5)
-    hook = make_hook(AlertmanagerReceiver(name="am", url=alertmanager.url + "/"))
+    gpu3, gpu5 = make_alert(), make_alert(gpu="5")
     before = datetime.datetime.now(datetime.UTC)
     before = before.replace(microsecond=before.microsecond // 1000 * 1000)  # sent in ms
-    run(push(hook, xid_notification(gpu3, gpu5)))
+    send(AlertmanagerReceiver(name="am", url=alertmanager.url + "/"), group(gpu3, gpu5))
 
     held = {a["labels"]["gpu"]: a for a in alertmanager.alerts()}
     assert set(held) == {"3", "5"}
@@ -66,13 +50,11 @@ def test_pushed_alerts_are_active_with_labels_and_annotations(alertmanager: Aler
 
 
 def test_resolved_push_takes_the_alert_off_the_active_list(alertmanager: Alertmanager) -> None:
-    hook = make_hook(AlertmanagerReceiver(name="am", url=alertmanager.url))
-    run(push(hook, xid_notification(xid_alert(3), xid_alert(5))))
+    cfg = AlertmanagerReceiver(name="am", url=alertmanager.url)
+    send(cfg, group(make_alert(), make_alert(gpu="5")))
     assert len(alertmanager.alerts()) == 2
 
-    hook = make_hook(AlertmanagerReceiver(name="am", url=alertmanager.url))
-    resolved = xid_notification(xid_alert(3, resolved=True), xid_alert(5))
-    run(push(hook, resolved))
+    send(cfg, group(make_alert(gpu="3", status="resolved"), make_alert(gpu="5")))
     # Every filter on (the default): 0.25 lists no ended alert in any state.
     everything = {"active": True, "silenced": True, "inhibited": True, "unprocessed": True}
     assert [a["labels"]["gpu"] for a in alertmanager.alerts(**everything)] == ["5"]
@@ -87,33 +69,29 @@ def test_basic_auth_is_sent_and_a_wrong_password_is_not_retried(
     bad.write_text("wrong-password\n")
     cfg = {"name": "am", "url": server.url, "username": "pusher"}
 
-    run(push(make_hook(AlertmanagerReceiver(**cfg, password_file=str(good))),
-             xid_notification(xid_alert(3))))  # fmt: skip
+    send(AlertmanagerReceiver(**cfg, password_file=str(good)), group(make_alert()))
     assert [a["labels"]["gpu"] for a in server.alerts()] == ["3"]
 
     with pytest.raises(HookError) as caught:
-        run(push(make_hook(AlertmanagerReceiver(**cfg, password_file=str(bad))),
-                 xid_notification(xid_alert(5))))  # fmt: skip
+        send(AlertmanagerReceiver(**cfg, password_file=str(bad)), group(make_alert(gpu="5")))
     assert not caught.value.retryable
     assert "401" in str(caught.value)
     assert [a["labels"]["gpu"] for a in server.alerts()] == ["3"]
 
 
 def test_a_refused_alert_is_not_retried(alertmanager: Alertmanager) -> None:
-    broken = xid_alert(3)
+    broken = make_alert()
     broken.labels["bad-name"] = "x"  # Alertmanager refuses label names Prometheus would
-    hook = make_hook(AlertmanagerReceiver(name="am", url=alertmanager.url))
     with pytest.raises(HookError) as caught:
-        run(push(hook, xid_notification(broken)))
+        send(AlertmanagerReceiver(name="am", url=alertmanager.url), group(broken))
     assert not caught.value.retryable
     assert "400" in str(caught.value) and "bad-name" in str(caught.value)
 
 
 def test_unreachable_alertmanager_is_retryable() -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    hook = make_hook(AlertmanagerReceiver(name="am", url=url, timeout=5))
     with pytest.raises(HookError) as caught:
-        run(push(hook, xid_notification(xid_alert(3))))
+        send(AlertmanagerReceiver(name="am", url=url, timeout=5), group(make_alert()))
     assert caught.value.retryable
     assert url.removeprefix("http://") in str(caught.value)
 
@@ -124,9 +102,9 @@ def test_a_stopped_alertmanager_is_retryable_and_gets_the_alert_once_back(
     alertmanager.stop()
     hook = make_hook(AlertmanagerReceiver(name="am", url=alertmanager.url, timeout=5))
     with pytest.raises(HookError) as caught:
-        run(push(hook, xid_notification(xid_alert(3))))
+        run(deliver(hook, group(make_alert())))
     assert caught.value.retryable
 
     alertmanager.start()  # same port
-    run(push(hook, xid_notification(xid_alert(3))))  # the dispatcher's retry
+    run(deliver(hook, group(make_alert())))  # the dispatcher's retry
     assert [a["labels"]["gpu"] for a in alertmanager.alerts()] == ["3"]

@@ -6,7 +6,6 @@ a throwaway CA (trustme); what the hook sent is read back from what the server r
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import socket
@@ -21,11 +20,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from exporters.hooks import make_hook
 from exporters.hooks.base import HookError
 from exporters.hooks.config import EmailReceiver
-from telemetryd.alerting.model import Notification
-from tests.hookcases import xid_alert, xid_notification
+from tests.hookcases import group, make_alert, send
 from tests.integration.mosquitto import Certs, free_port
 
 pytestmark = pytest.mark.integration
@@ -123,22 +120,11 @@ def receiver(relay_or_host: Relay | str, tmp_path: Path, **overrides: Any) -> Em
     return EmailReceiver(**keys)
 
 
-def deliver(cfg: EmailReceiver, n: Notification) -> None:
-    async def attempt() -> None:
-        hook = make_hook(cfg)
-        try:
-            await hook.send(n)
-        finally:
-            await hook.close()
-
-    asyncio.run(asyncio.wait_for(attempt(), timeout=30))
-
-
 def test_mail_arrives_over_starttls_with_auth(relay_factory: Any, tmp_path: Path) -> None:
     relay: Relay = relay_factory()
-    gpu3, gpu5 = xid_alert(3), xid_alert(5)
+    gpu3, gpu5 = make_alert(), make_alert(gpu="5")
     gpu3.annotations["summary"] += " at 91 °C"  # not ASCII: the body must still arrive intact
-    deliver(receiver(relay, tmp_path), xid_notification(gpu3, gpu5))
+    send(receiver(relay, tmp_path), group(gpu3, gpu5))
 
     ((sender, recipients, message),) = relay.mailbox.received
     assert sender == "alerts@fleet.example"
@@ -162,7 +148,7 @@ def test_mail_arrives_over_starttls_with_auth(relay_factory: Any, tmp_path: Path
 
 def test_resolved_mail(relay_factory: Any, tmp_path: Path) -> None:
     relay: Relay = relay_factory()
-    deliver(receiver(relay, tmp_path), xid_notification(xid_alert(3, resolved=True)))
+    send(receiver(relay, tmp_path), group(make_alert(gpu="3", status="resolved")))
     ((_, _, message),) = relay.mailbox.received
     assert message["Subject"] == "[RESOLVED] GpuXidCritical node17"
     body = message.get_content().replace("\r\n", "\n")
@@ -172,7 +158,7 @@ def test_resolved_mail(relay_factory: Any, tmp_path: Path) -> None:
 def test_plain_smtp_when_starttls_is_off(relay_factory: Any, tmp_path: Path) -> None:
     relay: Relay = relay_factory(tls=False, auth=False)
     cfg = receiver(relay, tmp_path, starttls=False, username="", password_file="")
-    deliver(cfg, xid_notification(xid_alert(3)))
+    send(cfg, group(make_alert()))
     ((_, _, message),) = relay.mailbox.received
     assert message["Subject"] == "[FIRING:1] GpuXidCritical node17"
 
@@ -180,8 +166,7 @@ def test_plain_smtp_when_starttls_is_off(relay_factory: Any, tmp_path: Path) -> 
 def test_starttls_required_but_not_offered(relay_factory: Any, tmp_path: Path) -> None:
     relay: Relay = relay_factory(tls=False, auth=False)
     with pytest.raises(HookError) as caught:
-        deliver(receiver(relay, tmp_path, username="", password_file=""),
-                xid_notification(xid_alert(3)))  # fmt: skip
+        send(receiver(relay, tmp_path, username="", password_file=""), group(make_alert()))
     assert not caught.value.retryable
     assert "does not offer STARTTLS" in str(caught.value)
     assert relay.mailbox.received == []
@@ -191,8 +176,7 @@ def test_untrusted_certificate_is_not_retried(relay_factory: Any, tmp_path: Path
     relay: Relay = relay_factory()
     other = Certs(tmp_path / "other-ca")
     with pytest.raises(HookError) as caught:
-        deliver(receiver(relay, tmp_path, ca_file=str(other.ca_file)),
-                xid_notification(xid_alert(3)))  # fmt: skip
+        send(receiver(relay, tmp_path, ca_file=str(other.ca_file)), group(make_alert()))
     assert not caught.value.retryable
     assert "certificate is not trusted" in str(caught.value)
     assert relay.mailbox.received == []
@@ -203,8 +187,7 @@ def test_wrong_password_is_not_retried(relay_factory: Any, tmp_path: Path) -> No
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-password\n")
     with pytest.raises(HookError) as caught:
-        deliver(receiver(relay, tmp_path, password_file=str(wrong)),
-                xid_notification(xid_alert(3)))  # fmt: skip
+        send(receiver(relay, tmp_path, password_file=str(wrong)), group(make_alert()))
     assert not caught.value.retryable
     assert "535" in str(caught.value)
     assert relay.mailbox.received == []
@@ -220,7 +203,7 @@ def test_every_recipient_refused(
     relay: Relay = relay_factory()
     relay.mailbox.refuse = {"oncall@fleet.example": reply, "ops@fleet.example": reply}
     with pytest.raises(HookError) as caught:
-        deliver(receiver(relay, tmp_path), xid_notification(xid_alert(3)))
+        send(receiver(relay, tmp_path), group(make_alert()))
     assert caught.value.retryable is retryable
     assert reply in str(caught.value) and "oncall@fleet.example" in str(caught.value)
     assert relay.mailbox.received == []
@@ -230,7 +213,7 @@ def test_some_recipients_refused_is_not_resent(relay_factory: Any, tmp_path: Pat
     relay: Relay = relay_factory()
     relay.mailbox.refuse = {"ops@fleet.example": "450 4.2.0 mailbox busy"}
     with pytest.raises(HookError) as caught:
-        deliver(receiver(relay, tmp_path), xid_notification(xid_alert(3)))
+        send(receiver(relay, tmp_path), group(make_alert()))
     assert not caught.value.retryable  # again would repeat it to oncall@
     assert "delivered to oncall@fleet.example" in str(caught.value)
     assert "ops@fleet.example: 450 4.2.0 mailbox busy" in str(caught.value)
@@ -241,7 +224,7 @@ def test_some_recipients_refused_is_not_resent(relay_factory: Any, tmp_path: Pat
 def test_server_down_is_retryable(certs: Certs, tmp_path: Path) -> None:
     host = f"127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(HookError) as caught:
-        deliver(receiver(host, tmp_path), xid_notification(xid_alert(3)))
+        send(receiver(host, tmp_path), group(make_alert()))
     assert caught.value.retryable
     assert host in str(caught.value)
 
@@ -252,6 +235,6 @@ def test_a_relay_that_never_answers_times_out_retryably(certs: Certs, tmp_path: 
         silent.listen()
         host = f"127.0.0.1:{silent.getsockname()[1]}"
         with pytest.raises(HookError) as caught:
-            deliver(receiver(host, tmp_path, timeout=1), xid_notification(xid_alert(3)))
+            send(receiver(host, tmp_path, timeout=1), group(make_alert()))
     assert caught.value.retryable
     assert str(caught.value) == f"email via {host}: timed out"

@@ -8,17 +8,17 @@ with one line naming the receiver and the key.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from exporters.hooks import make_hook
 from exporters.hooks.base import Hook, HookError
+from exporters.hooks.common import rfc3339
 from exporters.hooks.config import (
     OpsgenieReceiver,
     PagerDutyReceiver,
@@ -27,9 +27,9 @@ from exporters.hooks.config import (
     TeamsReceiver,
     WebhookReceiver,
 )
-from exporters.hooks.webhook import rfc3339
-from telemetryd.alerting.model import Alert, Notification, fingerprint, notification
+from telemetryd.alerting.model import Notification
 from telemetryd.errors import ConfigError
+from tests.hookcases import T0, deliver, group, make_alert, run
 from tests.integration.hook_receiver import Answer, HookReceiver, Seen
 from tests.integration.hook_schemas import (
     check_opsgenie_close,
@@ -43,63 +43,11 @@ from tests.integration.mosquitto import Certs
 
 pytestmark = pytest.mark.integration
 
-T0 = 1_767_261_600 * 10**9  # 2026-01-01T10:00:00Z
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout=60))
-
-
-def make_alert(
-    name: str = "GpuXidCritical",
-    *,
-    status: str = "firing",
-    severity: str = "critical",
-    node: str | None = "node17",
-    gpu: str | None = "3",
-    rack: str | None = "a",
-    summary: str = "Xid 79 on node17 GPU 3: fell off the bus",
-    description: str = "The GPU stopped answering on PCIe. Drain the node and reset it.",
-    runbook: str = "https://runbooks.example/alerts.md#gpuxidcritical",
-    value: float | None = 79.0,
-) -> Alert:
-    labels = {"alertname": name, "severity": severity, "cluster": "c1", "scope": "gpu"}
-    labels |= {k: v for k, v in (("node", node), ("gpu", gpu), ("rack", rack)) if v is not None}
-    annotations = {"summary": summary, "description": description, "runbook_url": runbook}
-    return Alert(
-        fingerprint=fingerprint(labels), status=status,  # type: ignore[arg-type]
-        labels=labels, annotations={k: v for k, v in annotations.items() if v},
-        starts_ns=T0 - 60 * 10**9, fired_ns=T0,
-        ends_ns=T0 + 600 * 10**9 if status == "resolved" else 0,
-        value=value, generator_url="http://aggregator:9101/alerts",
-    )  # fmt: skip
-
-
-def group(*alerts: Alert, receiver: str = "oncall", max_alerts: int = 0) -> Notification:
-    return notification(
-        receiver,
-        f'{{}}:{{alertname="{alerts[0].name}"}}',
-        {"alertname": alerts[0].name},
-        list(alerts),
-        external_url="http://aggregator:9101",
-        max_alerts=max_alerts,
-    )
-
 
 def secret_file(tmp_path: Path, name: str, text: str) -> str:
     path = tmp_path / name
     path.write_text(text + "\n")
     return str(path)
-
-
-async def deliver(hook: Hook, *notifications: Notification) -> None:
-    try:
-        for n in notifications:
-            await hook.send(n)
-    finally:
-        await hook.close()
-        await hook.close()  # safe twice
 
 
 def exchange(
@@ -143,8 +91,10 @@ def test_webhook_payload_is_alertmanager_v4(tmp_path: Path) -> None:
     assert body["receiver"] == "oncall"
     assert body["groupKey"] == n.group_key
     assert body["status"] == "firing"
-    assert body["commonLabels"] == {k: v for k, v in firing.labels.items() if k != "gpu"}
-    assert body["groupLabels"] == {"alertname": "GpuXidCritical"}
+    assert body["commonLabels"] == {
+        k: v for k, v in firing.labels.items() if k not in ("gpu", "uuid")
+    }
+    assert body["groupLabels"] == {"alertname": "GpuXidCritical", "node": "node17"}
     assert body["truncatedAlerts"] == 0
     assert body["externalURL"] == "http://aggregator:9101"
     first, second = body["alerts"]

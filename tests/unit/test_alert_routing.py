@@ -325,3 +325,41 @@ def test_toml_and_file_errors(tmp_path: Path) -> None:
     assert problems(tmp_path, "receiver = 5\n") == [
         f"{tmp_path / 'routing.toml'}: receiver: expected [[receiver]] tables"
     ]
+
+
+def test_an_alertmanager_receiver_needs_repeats_within_its_resolve_timeout(
+    tmp_path: Path,
+) -> None:
+    am = '[[receiver]]\nname = "am"\ntype = "alertmanager"\n'
+    hook = '[[receiver]]\nname = "hook"\ntype = "webhook"\nurl = "http://127.0.0.1:9/"\n'
+    src = tmp_path / "routing.toml"
+    why = "for alertmanager receiver 'am', which resolves a pushed alert not pushed again within 1h"
+    # The default repeat_interval (4h) is too long; said once, at the route that set it.
+    assert problems(tmp_path, f'[route]\nreceiver = "am"\n[[route.routes]]\n{am}') == [
+        f"{src}: route.repeat_interval: expected less than 1h {why} (got 4h, inherited)"
+    ]
+    tree = """
+[route]
+receiver = "hook"
+[[route.routes]]
+matchers = ['severity="critical"']
+receiver = "am"
+repeat_interval = "5m"
+  [[route.routes.routes]]
+  matchers = ['rack="a"']
+  repeat_interval = "1h"
+[[route.routes]]
+receiver = "am"
+"""
+    assert problems(tmp_path, tree + am + hook) == [
+        f"{src}: route.routes[0].routes[0].repeat_interval: expected less than 1h {why} (got 1h)",
+        f"{src}: route.routes[1].repeat_interval: expected less than 1h {why} (got 4h, inherited)",
+    ]
+    fixed = tree.replace('"1h"', '"59m"') + 'repeat_interval = "10m"\n'
+    # A repeat_interval that does not parse is reported once, for what it is.
+    assert problems(tmp_path, f'[route]\nreceiver = "am"\nrepeat_interval = "soon"\n{am}') == [
+        f'{src}: route.repeat_interval: expected a duration such as "30s", "5m", "1h30m" '
+        "or a number of seconds (got 'soon')"
+    ]
+    routing = load_routing(write(tmp_path, fixed + am + hook))
+    assert [r.repeat_interval for r in routing.routes()] == [4 * 3600, 300, 59 * 60, 600]

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from exporters.hooks import make_hook
-from exporters.hooks.alertmanager import AlertmanagerHook, postable, rfc3339
+from exporters.hooks.alertmanager import AlertmanagerHook, postable
+from exporters.hooks.common import rfc3339
 from exporters.hooks.config import AlertmanagerReceiver, EmailReceiver
 from exporters.hooks.email import body, subject
 from telemetryd.errors import ConfigError
-from tests.hookcases import SECOND, xid_alert, xid_notification
+from tests.hookcases import EXTERNAL_URL, SECOND, group, make_alert
 
 MAIL = {"name": "mail", "sender": "alerts@fleet.example", "to": ["oncall@fleet.example"],
         "starttls": False}  # fmt: skip
@@ -24,20 +25,22 @@ MAIL = {"name": "mail", "sender": "alerts@fleet.example", "to": ["oncall@fleet.e
 @pytest.mark.parametrize(
     ("keys", "expected"),
     [
-        ({"url": "alertmanager:9093"}, "url 'alertmanager:9093' is not an http(s) URL"),
+        ({"url": "alertmanager:9093"}, "url: expected an http:// or https:// URL with a host, "
+                                       "got 'alertmanager:9093'"),
         ({"url": "http://am:9093/?x=1"}, "has a query or fragment"),
-        ({"username": "u"}, "username set but no password: expected password_file or the "
-                            "systemd credential am.password"),
-        ({"password_file": "/p"}, "password_file set without username"),
-        ({"username": "u", "bearer_token_file": "/t"}, "bearer_token_file and username both"),
-        ({"bearer_token_file": "/nonexistent/t"}, "bearer_token_file /nonexistent/t: No such"),
+        ({"username": "u"}, "password_file is empty and there is no systemd credential "
+                            "am.password: expected the basic-auth password"),
+        ({"password_file": "/p"}, "password_file is set without username"),
+        ({"username": "u", "bearer_token_file": "/t"}, "both a bearer token and username"),
+        ({"bearer_token_file": "/nonexistent/t"},
+         "bearer_token_file: cannot read /nonexistent/t: No such"),
         ({"ca_file": "/nonexistent/ca"}, "ca_file: cannot read /nonexistent/ca"),
     ],
 )  # fmt: skip
 def test_alertmanager_config_errors(keys: dict[str, Any], expected: str) -> None:
     with pytest.raises(ConfigError) as caught:
         make_hook(AlertmanagerReceiver(name="am", **keys))
-    assert str(caught.value).startswith('receiver "am" (alertmanager): ')
+    assert str(caught.value).startswith("alertmanager receiver 'am': ")
     assert expected in str(caught.value)
     assert "\n" not in str(caught.value)
 
@@ -62,19 +65,19 @@ def test_alertmanager_auth_headers(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_postable_alert_times() -> None:
     now = 1_767_261_600 * SECOND  # 2026-01-01T10:00:00Z
-    firing = xid_alert(3)
+    firing = make_alert()
     firing.fired_ns = now - 60 * SECOND
     got = postable(firing, now)
     assert got["startsAt"] == "2026-01-01T09:59:00.000Z"
     assert got["endsAt"] == "2026-01-01T11:00:00.000Z"  # RESOLVE_TIMEOUT_S ahead
     assert got["labels"] == firing.labels and got["annotations"] == firing.annotations
 
-    resolved = xid_alert(3, resolved=True)
+    resolved = make_alert(status="resolved")
     resolved.fired_ns, resolved.ends_ns = now - 60 * SECOND, now - 5 * SECOND
     assert postable(resolved, now)["endsAt"] == "2026-01-01T09:59:55.000Z"
     resolved.ends_ns = now + 5 * SECOND  # a clock ahead of ours: resolve now, not later
     assert postable(resolved, now)["endsAt"] == "2026-01-01T10:00:00.000Z"
-    assert rfc3339(now + 1_500_000) == "2026-01-01T10:00:00.001Z"
+    assert rfc3339(now + 1_500_000, millis=True) == "2026-01-01T10:00:00.001Z"
 
 
 @pytest.mark.parametrize(
@@ -89,16 +92,19 @@ def test_postable_alert_times() -> None:
         ({"smarthost": "mail.example:smtp"}, "is not HOST:PORT"),
         ({"smarthost": ":25"}, "is not HOST:PORT"),
         ({"smarthost": "mail.example:70000"}, "is not HOST:PORT"),
-        ({"username": "u"}, "username set but no password"),
-        ({"password_file": "/p"}, "password_file set without username"),
-        ({"username": "u", "password_file": "/nonexistent/p"}, "password_file /nonexistent/p"),
+        ({"username": "u"}, "no systemd credential mail.password: expected the SMTP password"),
+        ({"password_file": "/p"}, "password_file is set without username"),
+        (
+            {"username": "u", "password_file": "/nonexistent/p"},
+            "password_file: cannot read /nonexistent/p",
+        ),
         ({"ca_file": "/nonexistent/ca"}, "ca_file: cannot read /nonexistent/ca"),
     ],
 )
 def test_email_config_errors(keys: dict[str, Any], expected: str) -> None:
     with pytest.raises(ConfigError) as caught:
         make_hook(EmailReceiver(**{**MAIL, **keys}))
-    assert str(caught.value).startswith('receiver "mail" (email): ')
+    assert str(caught.value).startswith("email receiver 'mail': ")
     assert expected in str(caught.value)
     assert "\n" not in str(caught.value)
 
@@ -112,18 +118,18 @@ def test_email_smarthost_forms() -> None:
 
 
 def test_email_subject_and_body() -> None:
-    firing, resolved = xid_alert(3), xid_alert(5, resolved=True)
-    n = xid_notification(firing, resolved)
+    firing, resolved = make_alert(gpu="3"), make_alert(gpu="5", status="resolved")
+    n = group(firing, resolved)
     assert subject(n) == "[FIRING:1] GpuXidCritical node17"
-    assert subject(xid_notification(resolved)) == "[RESOLVED] GpuXidCritical node17"
+    assert subject(group(resolved)) == "[RESOLVED] GpuXidCritical node17"
     n.group_labels = {}
     assert subject(n) == "[FIRING:1] GpuXidCritical"  # the common alertname
     n.group_labels = {"alertname": "X", "node": "line\nbreak " * 40}
     assert "\n" not in subject(n) and len(subject(n)) <= 200
 
-    text = body(xid_notification(resolved, firing))
+    text = body(group(resolved, firing))
     assert text.index("[FIRING] GpuXidCritical") < text.index("[RESOLVED] GpuXidCritical")
     assert text.count("Ended: ") == 1
     assert "1 firing, 1 resolved (receiver oncall)" in text
     assert "Group: alertname=GpuXidCritical, node=node17" in text
-    assert "More: http://aggregator.example:9100" in text
+    assert f"More: {EXTERNAL_URL}" in text

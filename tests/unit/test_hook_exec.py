@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -14,11 +13,12 @@ import pytest
 
 from exporters.hooks import make_hook
 from exporters.hooks.base import HookError
+from exporters.hooks.common import webhook_payload
 from exporters.hooks.config import ExecReceiver
-from exporters.hooks.exec import webhook_payload
-from telemetryd.alerting.model import Notification
+from telemetryd.codec import encode_json
 from telemetryd.errors import ConfigError
-from tests.hookcases import xid_alert, xid_notification
+from tests.hookcases import T0, group, make_alert, send
+from tests.integration.hook_schemas import check_webhook
 
 WRITE_STDIN = """
 import json, os, sys
@@ -28,17 +28,6 @@ with open(sys.argv[1], "wb") as out:
 with open(sys.argv[1] + ".env", "w") as out:
     json.dump(dict(os.environ), out)
 """
-
-
-def send(cfg: ExecReceiver, n: Notification) -> None:
-    async def attempt() -> None:
-        hook = make_hook(cfg)
-        try:
-            await hook.send(n)
-        finally:
-            await hook.close()
-
-    asyncio.run(asyncio.wait_for(attempt(), timeout=30))
 
 
 def script(tmp_path: Path, text: str, **keys: Any) -> ExecReceiver:
@@ -54,41 +43,50 @@ def test_the_notification_arrives_on_stdin_as_webhook_json(
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/telemetryd")
     out = tmp_path / "received.json"
     cfg = script(tmp_path, WRITE_STDIN, args=[str(out)], env={"TICKET_QUEUE": "gpu-ops"})
-    gpu3, gpu5 = xid_alert(3), xid_alert(5, resolved=True)
-    send(cfg, xid_notification(gpu3, gpu5))
+    gpu3, gpu5 = make_alert(gpu="3"), make_alert(gpu="5", status="resolved")
+    n = group(gpu3, gpu5)
+    send(cfg, n)
 
     got = json.loads(out.read_bytes())
-    assert got["version"] == "4"
+    check_webhook(got)
+    assert got == json.loads(encode_json(webhook_payload(n)))  # the webhook hook's body
     assert got["status"] == "firing"
     assert got["receiver"] == "oncall"
     assert got["groupLabels"] == {"alertname": "GpuXidCritical", "node": "node17"}
-    assert got["commonLabels"]["alertname"] == "GpuXidCritical"
-    assert got["externalURL"] == "http://aggregator.example:9100"
     assert [a["status"] for a in got["alerts"]] == ["firing", "resolved"]
     assert [a["labels"] for a in got["alerts"]] == [gpu3.labels, gpu5.labels]
     assert [a["fingerprint"] for a in got["alerts"]] == [gpu3.fingerprint, gpu5.fingerprint]
     assert got["alerts"][0]["endsAt"] == "0001-01-01T00:00:00Z"
-    assert got["alerts"][1]["endsAt"].endswith("Z") and got["alerts"][1]["endsAt"] != (
-        "0001-01-01T00:00:00Z"
-    )
+    assert got["alerts"][1]["endsAt"] == "2026-01-01T10:10:00Z"
     env = json.loads((tmp_path / "received.json.env").read_text())
     assert env["TICKET_QUEUE"] == "gpu-ops"
     assert "CREDENTIALS_DIRECTORY" not in env  # a minimal environment, not ours
     assert env["PATH"] == os.environ["PATH"]
 
 
-def test_rfc3339_times_in_the_payload() -> None:
-    alert = xid_alert(3)
-    alert.fired_ns = 1_767_261_600_123_456_789  # 2026-01-01T10:00:00.123456789Z
-    payload = webhook_payload(xid_notification(alert))
-    assert payload["alerts"][0]["startsAt"] == "2026-01-01T10:00:00.123Z"
+def test_rfc3339_times_in_the_payload(tmp_path: Path) -> None:
+    out = tmp_path / "received.json"
+    alert = make_alert()
+    alert.fired_ns = T0 + 123_456_789
+    send(script(tmp_path, WRITE_STDIN, args=[str(out)]), group(alert))
+    # As Alertmanager's webhook writes it (Go's RFC3339Nano), not cut to milliseconds.
+    assert json.loads(out.read_bytes())["alerts"][0]["startsAt"] == "2026-01-01T10:00:00.123456789Z"
+
+
+def test_resolved_alerts_stay_out_without_send_resolved(tmp_path: Path) -> None:
+    out = tmp_path / "received.json"
+    cfg = script(tmp_path, WRITE_STDIN, args=[str(out)], send_resolved=False)
+    send(cfg, group(make_alert(status="resolved")))
+    assert not out.exists()  # nothing to tell: the command is not run
+    send(cfg, group(make_alert(gpu="3"), make_alert(gpu="5", status="resolved")))
+    assert [a["labels"]["gpu"] for a in json.loads(out.read_bytes())["alerts"]] == ["3"]
 
 
 def test_non_zero_exit_is_retryable_with_the_last_stderr_line(tmp_path: Path) -> None:
     cfg = script(tmp_path, "import sys\nprint('connecting', file=sys.stderr)\n"
                  "print('ticket API said 503\\n', file=sys.stderr)\nsys.exit(3)\n")  # fmt: skip
     with pytest.raises(HookError) as caught:
-        send(cfg, xid_notification(xid_alert(3)))
+        send(cfg, group(make_alert()))
     assert caught.value.retryable
     assert str(caught.value) == f"exec {sys.executable}: exit status 3: ticket API said 503"
 
@@ -102,7 +100,7 @@ open({str(pids)!r}, "w").write(f"{{child.pid}}")
 time.sleep(600)
 """, timeout=3)  # fmt: skip
     with pytest.raises(HookError) as caught:
-        send(cfg, xid_notification(xid_alert(3)))
+        send(cfg, group(make_alert()))
     assert caught.value.retryable
     assert "still running after 3 s; killed" in str(caught.value)
     child = int(pids.read_text())
@@ -123,20 +121,20 @@ def _alive(pid: int) -> bool:
 def test_a_missing_command_is_not_retried(tmp_path: Path) -> None:
     cfg = ExecReceiver(name="x", command=[str(tmp_path / "no-such-script")])
     with pytest.raises(HookError) as caught:
-        send(cfg, xid_notification(xid_alert(3)))
+        send(cfg, group(make_alert()))
     assert not caught.value.retryable
     assert "no-such-script: cannot run it: No such file or directory" in str(caught.value)
 
 
 def test_a_command_that_ignores_stdin_still_counts_by_its_exit(tmp_path: Path) -> None:
     cfg = ExecReceiver(name="x", command=["true"])
-    send(cfg, xid_notification(*[xid_alert(i) for i in range(200)]))  # > a pipe buffer
+    send(cfg, group(*[make_alert(gpu=str(i)) for i in range(200)]))  # > a pipe buffer
 
 
 @pytest.mark.parametrize(
     ("keys", "expected"),
     [
-        ({"command": []}, 'receiver "x" (exec): command is empty'),
+        ({"command": []}, "exec receiver 'x': command is empty"),
         ({"command": ["true"], "env": {"A=B": "1"}}, "env key 'A=B'"),
     ],
 )
