@@ -229,6 +229,27 @@ class SinkStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiverCounts:
+    """One alert receiver's delivery counters."""
+
+    name: str
+    sent: int
+    retries: int
+    failed: int  # dead-lettered after its retries, or refused for good
+    superseded: int
+    queued: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertStats:
+    """The alert engine's numbers at one moment."""
+
+    alerts: Mapping[tuple[str, str], int]  # (state, severity) -> alerts
+    evaluations: int
+    receivers: tuple[ReceiverCounts, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStats:
     """One node as the fleet sees it."""
 
@@ -253,3 +274,4 @@ class ServiceStats:
     broker_dropped: int | None
     sinks: tuple[SinkStats, ...]
     node_list: tuple[NodeStats, ...]
+    alerts: AlertStats | None = None  # None when the alert engine is turned off

@@ -40,7 +40,15 @@ from exporters.dcgm_names import (
     XID_ERRORS_HELP,
     to_dcgm,
 )
-from exporters.fleetview import FleetView, Labels, NodeView, ServiceStats, SinkStats, Xid
+from exporters.fleetview import (
+    AlertStats,
+    FleetView,
+    Labels,
+    NodeView,
+    ServiceStats,
+    SinkStats,
+    Xid,
+)
 from telemetryd.config import PrometheusConfig
 from telemetryd.model import Host, Report
 
@@ -214,6 +222,8 @@ class FleetCollector(Collector):
                          "Messages the broker dropped ($SYS/broker/publish/messages/dropped).",
                          stats.broker_dropped)  # fmt: skip
         yield from _sink_families(stats.sinks)
+        if stats.alerts is not None:
+            yield from _alert_families(stats.alerts)
         up = _Family("telemetryd_node_up", "1 if the node is online, else 0.")
         last = _Family("telemetryd_node_last_report_timestamp_seconds",
                        "Sample time of the node's newest report (Unix seconds).")  # fmt: skip
@@ -296,6 +306,32 @@ class _HostFamilies:
             yield family.metric
         for family in (self.power, self.energy, self.temp, self.fan):
             yield family.metric
+
+
+def _alert_families(stats: AlertStats) -> Iterator[Metric]:
+    f = _Family
+    alerts = f("telemetryd_alerts", "Alerts by state (pending, firing) and severity.")
+    for (state, severity), count in sorted(stats.alerts.items()):
+        alerts.add({"state": state, "severity": severity}, float(count))
+    yield alerts.metric
+    evaluations = f("telemetryd_alert_evaluations_total", "Rule evaluations.", "counter")
+    evaluations.add({}, float(stats.evaluations))
+    yield evaluations.metric
+    per = [(a, f(n, t, k)) for a, n, t, k in (
+        ("sent", "telemetryd_alert_notifications_total", "Notifications delivered.", "counter"),
+        ("retries", "telemetryd_alert_notification_retries_total",
+         "Delivery attempts after a failed one.", "counter"),
+        ("failed", "telemetryd_alert_notifications_failed_total",
+         "Notifications not delivered (kept in the alerts dead-letter file).", "counter"),
+        ("superseded", "telemetryd_alert_notifications_superseded_total",
+         "Queued notifications replaced by a newer one of the same group.", "counter"),
+        ("queued", "telemetryd_alert_notifications_queued", "Notifications waiting.", "gauge"),
+    )]  # fmt: skip
+    for receiver in stats.receivers:
+        for attr, family in per:
+            family.add({"receiver": receiver.name}, float(getattr(receiver, attr)))
+    for _, family in per:
+        yield family.metric
 
 
 def _sink_families(sinks: Iterable[SinkStats]) -> Iterator[Metric]:

@@ -28,7 +28,7 @@ from exporters.base import Sink
 from exporters.mqtt import Message, MqttSession, MqttSettings, MqttUnavailable
 from telemetryd import registry, statedir
 from telemetryd.backoff import Backoff
-from telemetryd.codec import DecodeError, encode_json
+from telemetryd.codec import encode_json
 from telemetryd.config import AggregatorConfig
 from telemetryd.connect import mqtt_settings
 from telemetryd.deadletter import DeadLetters
@@ -36,7 +36,7 @@ from telemetryd.durable import replace_file
 from telemetryd.errors import ConfigError
 from telemetryd.fleet import Fleet, dumps
 from telemetryd.ingest import Limits, Rejected, validate
-from telemetryd.model import EventMessage, Report, Status, decode_report
+from telemetryd.model import EventMessage, Report, Status
 from telemetryd.names import sanitize_hostname
 from telemetryd.service import stopped_within
 from telemetryd.sinkrunner import Feed, SinkRunner, cursor_file
@@ -102,39 +102,9 @@ class Aggregator:
     # -- start-up: what was accepted before ------------------------------------------------
     def recover(self) -> None:
         """Load the last fleet snapshot and replay the WAL records written after it."""
-        if self.snapshot_path.is_file():
-            try:
-                data = json.loads(self.snapshot_path.read_bytes())
-                self.fleet.restore(data["fleet"])
-                self.snapshot_index = int(data["index"])
-                if self.alerts is not None:
-                    self.alerts.restore(data.get("alerts", {}))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("fleet snapshot %s unreadable (%s); rebuilding from the WAL",
-                          self.snapshot_path, exc)  # fmt: skip
-                self.snapshot_index = self.wal.first_index
-        index = max(self.snapshot_index, self.wal.first_index)
-        replayed = 0
-        while index < self.wal.next_index:
-            records = self.wal.read(index, 1000)
-            if not records:  # a gap left by corruption: skip it
-                index = self.wal.next_present(index)
-                continue
-            for position, payload in records:
-                try:
-                    report = decode_report(payload)
-                except DecodeError:
-                    log.error("WAL record %d does not decode; not replayed", position)
-                else:
-                    if self.fleet.claim(report):
-                        events = self.fleet.on_report(report, time.time_ns())
-                        if self.alerts is not None:  # on sample time: the same states again
-                            self.alerts.on_report(report, report.time_ns)
-                            self.alerts.on_fleet_events(events)
-                        replayed += 1
-                index = position + 1
-        if replayed:
-            log.info("replayed %d report(s) from the WAL into the fleet state", replayed)
+        from telemetryd.recovery import recover
+
+        recover(self)
 
     # -- one batch -------------------------------------------------------------------------
     async def _commit(

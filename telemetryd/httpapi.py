@@ -20,15 +20,17 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from exporters.fleetview import NodeStats, ServiceStats, SinkStats
+from exporters.fleetview import AlertStats, NodeStats, ReceiverCounts, ServiceStats, SinkStats
 from exporters.http import HttpServer, HttpServerError, Reply
 from exporters.prometheus import CONTENT_TYPE, FleetCollector, render
 from telemetryd import __version__
+from telemetryd.alerting.model import SEVERITIES
 from telemetryd.errors import TelemetrydError
 from telemetryd.urls import parse_listen
 
 if TYPE_CHECKING:
     from telemetryd.aggregator import Aggregator
+    from telemetryd.alerting.service import AlertService
     from telemetryd.sinkrunner import SinkRunner
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,24 @@ def service_stats(aggregator: Aggregator, now_ns: int) -> ServiceStats:
         broker_dropped=fleet.broker_dropped,
         sinks=tuple(sink_stats(runner) for runner in aggregator.runners),
         node_list=tuple(node_list),
+        alerts=alert_stats(aggregator.alerts) if aggregator.alerts is not None else None,
     )
+
+
+def alert_stats(alerts: AlertService) -> AlertStats:
+    """The alert engine's and the receivers' numbers."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for state in ("pending", "firing"):
+        for severity in SEVERITIES:
+            counts[(state, severity)] = 0
+    for alert in alerts.engine.active.values():
+        counts[(alert.state, alert.labels.get("severity", ""))] += 1
+    receivers: list[ReceiverCounts] = []
+    if alerts.dispatcher is not None:
+        for name, r in sorted(alerts.dispatcher.delivery.stats().items()):
+            receivers.append(ReceiverCounts(name, r.sent, r.retries, r.failed, r.superseded,
+                                            r.queued))  # fmt: skip
+    return AlertStats(dict(counts), alerts.engine.evaluations, tuple(receivers))
 
 
 def sink_stats(runner: SinkRunner) -> SinkStats:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -134,11 +134,12 @@ def load_rules(
     shipped: dict[str, Rule] = {}
     if default_pack:
         shipped = {r.name: r for r in parse_rules(default_rules(), DEFAULT_PACK, problems)}
-    for name in disabled:
-        if shipped.pop(name, None) is None and default_pack:
-            problems.append(
-                f"disabled_rules: {name!r} is not a rule of the default pack (see docs/alerts.md)"
-            )
+    unknown = [name for name in disabled if shipped.pop(name, None) is None]
+    if default_pack:
+        problems.extend(
+            f"disabled_rules: {name!r} is not a rule of the default pack (see docs/alerts.md)"
+            for name in unknown
+        )
     own: dict[str, Rule] = {}
     for path in paths:
         try:

@@ -11,7 +11,6 @@ replacing a shipped rule, so the test does not wait 30 s.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -138,10 +137,10 @@ def start(tmp: Path, mosquitto: Mosquitto, settings: dict[str, str]) -> Service:
 
 
 def cli(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TELEMETRYD_AGGREGATOR_STATE_DIR": str(tmp / "aggregator")}
+    state = str(tmp / "aggregator")
     return subprocess.run(
-        [sys.executable, "-m", "telemetryd", "alerts", *args, "--state-dir", str(tmp / "aggregator")],
-        capture_output=True, text=True, env=env, timeout=30, check=False,
+        [sys.executable, "-m", "telemetryd", "alerts", *args, "--state-dir", state],
+        capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
 
 
@@ -233,14 +232,15 @@ def _alerts(listing: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_a_silence_suppresses(tmp_path: Path, mosquitto: Mosquitto, receiver: Receiver) -> None:
-    settings = setup(tmp_path, receiver)
-    (tmp_path / "aggregator").mkdir()
+    agg = start(tmp_path, mosquitto, setup(tmp_path, receiver))
+    # Set on the running aggregator, which re-reads the silences within a second.
     made = cli(tmp_path, "silence", "alertname=GpuFellOffBus", "node=n2", "--duration", "1h",
                "--author", "test", "--comment", "n2 is in maintenance")  # fmt: skip
     assert made.returncode == 0, made.stderr
-    agg = start(tmp_path, mosquitto, settings)
     faults = scenario(tmp_path, "xid", "[[fault]]\nat = 2\ngpu = 0\nkind = 'xid'\ncode = 79\n")
-    nodes = [agent(tmp_path, mosquitto.url, n, interval=0.5, **faults).start() for n in ("n1", "n2")]
+    nodes = [
+        agent(tmp_path, mosquitto.url, n, interval=0.5, **faults).start() for n in ("n1", "n2")
+    ]
     wait_until(lambda: named(receiver, "GpuFellOffBus"), 20, "n1's page")
     time.sleep(3)
     for n in nodes:
@@ -260,7 +260,7 @@ def test_a_restarted_aggregator_neither_repeats_nor_loses(
 name = "TestGpuLost"
 expr = 'error == "gpu_lost"'
 resolve = "error == None"
-for = "{'6s' if when == 'pending' else '0s'}"
+for = "{"6s" if when == "pending" else "0s"}"
 severity = "critical"
 annotations = {{ summary = "GPU {{{{ gpu }}}} lost" }}
 """)

@@ -501,3 +501,27 @@ def test_every_dcgm_name_is_unique_and_documented() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
     missing = [f.name for f in GPU_FIELDS if f"`{f.name}`" not in doc]
     assert not missing, f"not in docs/metrics.md: {missing}"
+
+
+def test_alert_series() -> None:
+    import dataclasses
+
+    from exporters.fleetview import AlertStats, ReceiverCounts
+
+    alerts = AlertStats(
+        alerts={("firing", "critical"): 2, ("pending", "warning"): 1},
+        evaluations=1234,
+        receivers=(ReceiverCounts("oncall", sent=5, retries=3, failed=1, superseded=0, queued=2),),
+    )
+    c = collector()
+    c.update(dataclasses.replace(stats(), alerts=alerts))
+    s = scrape(c)
+    assert value(s, "telemetryd_alerts", state="firing", severity="critical") == 2
+    assert value(s, "telemetryd_alerts", state="pending", severity="warning") == 1
+    assert value(s, "telemetryd_alert_evaluations_total") == 1234
+    assert value(s, "telemetryd_alert_notifications_total", receiver="oncall") == 5
+    assert value(s, "telemetryd_alert_notification_retries_total", receiver="oncall") == 3
+    assert value(s, "telemetryd_alert_notifications_failed_total", receiver="oncall") == 1
+    assert value(s, "telemetryd_alert_notifications_queued", receiver="oncall") == 2
+    c.update(stats())  # the engine turned off: no alert series at all
+    assert "telemetryd_alerts" not in scrape(c)
