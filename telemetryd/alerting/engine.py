@@ -53,6 +53,7 @@ class Active:
     value: float | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     after: tuple[str, int] = ("", -1)  # event alerts: (boot, seq) of the report that fired
+    series: tuple[str, ...] = ()  # condition alerts: the label values of their series
 
 
 @dataclass(slots=True)
@@ -88,6 +89,9 @@ class Engine:
         self.latest: dict[tuple[str, str], Report] = {}
         self.extra: dict[tuple[str, str], _NodeExtra] = {}
         self.histories: dict[tuple[str, ...], History] = {}
+        # Active condition alerts by (rule, series): a series with no alert and a false
+        # condition (almost every evaluation) costs a dict lookup, no labels, no hash.
+        self.by_series: dict[tuple[str, tuple[str, ...]], str] = {}
         # Event alerts waiting for their GPU's resolve condition, by (cluster, node, uuid).
         self.by_gpu: dict[tuple[str, str, str], set[str]] = {}
         self._changed: list[Alert] = []
@@ -256,22 +260,26 @@ class Engine:
         record: bool,
     ) -> None:
         self.evaluations += 1
-        if history is not None and record:
+        if record and rule.windows and history is not None:
             for window in rule.windows:
                 history.record(window, t / 1e9, window.arg(env))
         holds = truth(rule.expr.fn(env))
-        full = self._finish_labels(rule, labels, labels.get("scope", rule.scope))
-        fp = fingerprint(full)
-        alert = self.active.get(fp)
+        series = tuple(labels.values())
+        fp = self.by_series.get((rule.name, series))
+        alert = self.active.get(fp) if fp is not None else None
         if alert is None or alert.state == "pending":
             if holds is None:
                 return
             if not holds:
                 if alert is not None:
-                    del self.active[fp]  # pending that stopped: never notified
+                    self._drop(alert)  # pending that stopped: never notified
                 return
             if alert is None:
-                alert = self.active[fp] = Active(rule.name, fp, full, "pending", t, t)
+                full = self._finish_labels(rule, labels, labels.get("scope", rule.scope))
+                fp = fingerprint(full)
+                alert = Active(rule.name, fp, full, "pending", t, t, series=series)
+                self.active[fp] = alert
+                self.by_series[(rule.name, series)] = fp
             alert.last_true_ns = t
             alert.value = self._value(rule, env)
             if t - alert.starts_ns >= rule.for_s * 1e9:
@@ -299,8 +307,13 @@ class Engine:
         }
         self._changed.append(self._public(alert, "firing"))
 
-    def _resolve(self, alert: Active, t: int) -> None:
+    def _drop(self, alert: Active) -> None:
         del self.active[alert.fingerprint]
+        if alert.series:
+            self.by_series.pop((alert.rule, alert.series), None)
+
+    def _resolve(self, alert: Active, t: int) -> None:
+        self._drop(alert)
         if alert.state == "firing":
             self._changed.append(self._public(alert, "resolved", ends_ns=max(t, alert.fired_ns)))
 
@@ -366,12 +379,15 @@ class Engine:
         """Load a snapshot; alerts of rules that no longer exist resolve now."""
         for item in data.get("alerts", []):
             try:
-                alert = Active(**{**item, "after": tuple(item.get("after", ("", -1)))})
+                alert = Active(**{**item, "after": tuple(item.get("after", ("", -1))),
+                                  "series": tuple(item.get("series", ()))})  # fmt: skip
             except TypeError:
                 continue
             rule = self.rules.get(alert.rule)
             if rule is not None:
                 self.active[alert.fingerprint] = alert
+                if alert.series:
+                    self.by_series[(alert.rule, alert.series)] = alert.fingerprint
                 uuid = alert.labels.get("uuid")
                 if rule.scope == "event" and rule.resolve is not None and uuid:
                     key = (alert.labels.get("cluster", ""), alert.labels.get("node", ""), uuid)

@@ -22,12 +22,8 @@ def fingerprint(labels: dict[str, str]) -> str:
     Stable across restarts and aggregators, so PagerDuty's ``dedup_key``, Opsgenie's
     ``alias`` and the retained MQTT topic of one alert always match its resolve.
     """
-    digest = hashlib.blake2b(digest_size=8)
-    for key in sorted(labels):
-        digest.update(key.encode())
-        digest.update(b"\x00")
-        digest.update(labels[key].encode())
-        digest.update(b"\x01")
+    text = "\x00".join(f"{key}\x01{labels[key]}" for key in sorted(labels))
+    digest = hashlib.blake2b(text.encode(), digest_size=8)
     return digest.hexdigest()
 
 

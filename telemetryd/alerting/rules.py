@@ -102,14 +102,11 @@ class Rule:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     source: str = ""  # file it came from
+    windows: tuple[Window, ...] = ()  # every rate/increase look-back (set in __post_init__)
 
-    @property
-    def windows(self) -> tuple[Window, ...]:
-        """Every rate/increase look-back the rule uses."""
-        out = self.expr.windows
-        if self.resolve is not None:
-            out += self.resolve.windows
-        return out
+    def __post_init__(self) -> None:
+        extra = self.resolve.windows if self.resolve is not None else ()
+        object.__setattr__(self, "windows", self.expr.windows + extra)
 
 
 DEFAULT_PACK = "default rule pack"

@@ -349,3 +349,20 @@ def test_equality_with_an_absent_field_is_undefined_unless_it_asks_about_presenc
     assert run("error == None") is True
     assert run("None != error") is False
     assert run('error == None or error != "gpu_lost"') is True
+
+
+def test_history_is_thinned_and_bounded_but_counts_the_whole_window() -> None:
+    from telemetryd.alerting.envs import History
+    from telemetryd.alerting.expr import Window
+
+    window = Window("x@3600", 3600.0, lambda env: None)
+    history = History()
+    for i in range(2000):  # 10 s interval, a counter growing by 3 per report
+        history.record(window, i * 10.0, 3 * i)
+    assert len(history.points[window.key]) <= 2 * (32 + 3)
+    increase = history.compute(window, "increase")
+    assert isinstance(increase, float)
+    assert 3 * 360 <= increase <= 3 * 360 * (1 + 2 / 32)  # one hour, to one thinning step
+    assert history.compute(window, "rate") == pytest.approx(0.3)
+    history.record(window, 20_000.0, 5)  # a reset: counts from zero, never negative
+    assert history.compute(window, "increase") >= 5
