@@ -31,7 +31,7 @@ from telemetryd.alerting.matchers import Matcher, parse_matcher
 from telemetryd.alerting.model import Alert, Notification, fingerprint, notification
 from telemetryd.alerting.notifylog import FILE as NOTIFY_FILE
 from telemetryd.alerting.notifylog import NotifyLog
-from telemetryd.alerting.rules import load_rules, rule_files
+from telemetryd.alerting.rules import DEFAULT_PACK, load_rules, rule_files
 from telemetryd.alerting.silences import Silence, SilenceStore
 from telemetryd.config import AggregatorConfig
 from telemetryd.errors import ConfigError, TelemetrydError
@@ -74,19 +74,26 @@ def check_rules(directory: str | None, cfg: AggregatorConfig, *, with_defaults: 
     Without ``directory``: what the configuration loads (its rules_dir and, unless turned
     off, the shipped pack; with no configuration file, the shipped pack alone).
     """
+    disabled: list[str] = []
     if directory is None:
         paths = rule_files(Path(cfg.alerts.rules_dir)) if cfg.alerts.rules_dir else []
-        defaults = cfg.alerts.default_rules
+        defaults, disabled = cfg.alerts.default_rules, cfg.alerts.disabled_rules
     else:
         paths, defaults = rule_files(Path(directory)), with_defaults
         if not paths and not defaults:
             return f"no rule files (*.toml) in {directory}: nothing to check"
-    rules = load_rules(paths, default_pack=defaults)
+    rules = load_rules(paths, default_pack=defaults, disabled=disabled)
     counts = dict.fromkeys((["default rule pack"] if defaults else []) + [str(p) for p in paths], 0)
     for rule in rules:
         counts[rule.source] = counts.get(rule.source, 0) + 1
     files = ", ".join(f"{source} ({n})" for source, n in counts.items())
-    return f"{len(rules)} rule{'' if len(rules) == 1 else 's'} OK: {files}"
+    line = f"{len(rules)} rule{'' if len(rules) == 1 else 's'} OK: {files}"
+    if defaults:
+        shipped = {r.name for r in load_rules([], default_pack=True)}
+        replaced = sorted(r.name for r in rules if r.name in shipped and r.source != DEFAULT_PACK)
+        if replaced:
+            line += f"; replacing shipped {', '.join(replaced)}"
+    return line
 
 
 # -- list ----------------------------------------------------------------------------------

@@ -64,7 +64,22 @@ annotations = { summary = "hot" }
 name = "GpuTempNearSlowdown"
 expr = "temp_c > 1"
 severity = "info"
+annotations = { summary = "replaces the shipped one" }
+
+[[rule]]
+name = "GpuTempNearSlowdown"
+expr = "temp_c > 2"
+severity = "info"
 annotations = { summary = "dup" }
+"""
+
+REPLACEMENT = """
+[[rule]]
+name = "GpuTempNearSlowdown"
+expr = "temp_c >= temp_slowdown_c - 10"
+for = "10m"
+severity = "warning"
+annotations = { summary = "GPU {{ gpu }} warm" }
 """
 
 
@@ -142,12 +157,22 @@ def test_check_rules_bad_dir_lists_every_problem(
         f"{bad}: rule[0] GpuHot.severity: expected one of critical, warning, info (got 'loud')",
         f"{bad}: rule[0] GpuHot.expr: column 1: unknown name 'temp' (expected a GPU field of "
         "the report such as temp_c, power_w, ecc_dbe_volatile)",
-        f"{bad}: rule GpuTempNearSlowdown: name already used in default rule pack "
-        "(rule names must be unique)",
+        f"{bad}: rule GpuTempNearSlowdown: name already used in {bad} (rule names must be unique)",
     ]
-    # Without the shipped pack the name is free: only rule[0]'s two problems remain.
+    # Without the shipped pack: the same problems (the names clash within the site's files).
     code, _, err = call(["alerts", "check-rules", str(bad.parent)], capsys)
-    assert (code, len(err.splitlines())) == (2, 2)
+    assert (code, len(err.splitlines())) == (2, 3)
+
+
+def test_check_rules_says_which_shipped_rules_a_site_replaces(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own = write(tmp_path / "rules" / "site.toml", REPLACEMENT)
+    code, out, err = call(["alerts", "check-rules", "--with-defaults", str(own.parent)], capsys)
+    assert (code, err) == (0, "")
+    assert out == (
+        f"48 rules OK: default rule pack (47), {own} (1); replacing shipped GpuTempNearSlowdown\n"
+    )
 
 
 def test_check_rules_not_a_directory(tmp_path: Path) -> None:
@@ -535,8 +560,8 @@ def test_config_check_reports_bad_rules_and_routing(tmp_path: Path) -> None:
         "(got 'loud')",
         f"{rules_at}{bad}: rule[0] GpuHot.expr: column 1: unknown name 'temp' (expected a GPU "
         "field of the report such as temp_c, power_w, ecc_dbe_volatile)",
-        f"{rules_at}{bad}: rule GpuTempNearSlowdown: name already used in default rule pack "
-        "(rule names must be unique)",
+        f"{rules_at}{bad}: rule GpuTempNearSlowdown: name already used in {bad} (rule names "
+        "must be unique)",
         f"{cfg}:3: aggregator.alerts.routing_file: {routing}: route.receiver: no [[receiver]] "
         "named 'nobody' (receivers: none defined)",
     ]
