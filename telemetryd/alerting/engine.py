@@ -119,8 +119,9 @@ class Engine:
                                   uuid=gpu.uuid)  # fmt: skip
             history = self._history(("gpu", report.cluster, report.node, gpu.uuid))
             env = GpuEnv(report, gpu, labels, history)
+            series = tuple(labels.values())
             for rule in self.scoped.get("gpu", ()):
-                self._evaluate(rule, labels, env, t, history, record=True)
+                self._evaluate(rule, labels, series, env, t, history, record=True)
             if self.by_gpu.get((report.cluster, report.node, gpu.uuid)):
                 self._resolve_events(report, gpu.uuid, env, t)
         self._node(report.cluster, report.node, now_ns, time_only=False)
@@ -158,7 +159,7 @@ class Engine:
         for rule in self.scoped.get("aggregator", ()):
             labels = {**labels_base, **rule.labels}
             env = AggregatorEnv(aggregator, labels, history)
-            self._evaluate(rule, labels, env, now_ns, history, record=True)
+            self._evaluate(rule, labels, (), env, now_ns, history, record=True)
 
     # -- scopes ----------------------------------------------------------------------------
     def _node(self, cluster: str, node: str, now_ns: int, *, time_only: bool) -> None:
@@ -172,10 +173,11 @@ class Engine:
         env = NodeEnv(self.fleet, state, self.latest.get((cluster, node)), now_ns=now_ns,
                       gpus_expected=max(extra.gpus_max, len(state.gpus)), labels=labels,
                       history=history)  # fmt: skip
+        series = (cluster, node)
         for rule in rules:
             if time_only and not (rule.expr.names & _TIME_NAMES):
                 continue
-            self._evaluate(rule, labels, env, now_ns, history, record=not time_only)
+            self._evaluate(rule, labels, series, env, now_ns, history, record=not time_only)
 
     def _event(self, cluster: str, node: str, event: Event, boot: str, seq: int, t: int) -> None:
         rules = self.scoped.get("event", ())
@@ -246,25 +248,27 @@ class Engine:
             for key, group in groups.items():
                 labels = {"scope": "group", **dict(zip(rule.group_by, key, strict=True))}
                 labels = {k: v for k, v in labels.items() if v}
-                self._evaluate(rule, labels, GroupEnv(group, labels), now_ns, None, record=False)
+                group_env = GroupEnv(group, labels)
+                self._evaluate(rule, labels, key, group_env, now_ns, None, record=False)
 
     # -- the state machine -----------------------------------------------------------------
     def _evaluate(
         self,
         rule: Rule,
         labels: dict[str, str],
+        series: tuple[str, ...],
         env: Env,
         t: int,
         history: History | None,
         *,
         record: bool,
     ) -> None:
+        """One rule on one series: the labels identify it, ``series`` is their cheap key."""
         self.evaluations += 1
         if record and rule.windows and history is not None:
             for window in rule.windows:
                 history.record(window, t / 1e9, window.arg(env))
         holds = truth(rule.expr.fn(env))
-        series = tuple(labels.values())
         fp = self.by_series.get((rule.name, series))
         alert = self.active.get(fp) if fp is not None else None
         if alert is None or alert.state == "pending":

@@ -122,7 +122,7 @@ class GpuEnv(_Base):
             return self.report.cluster
         if name == "error":
             return self.gpu.error.code if self.gpu.error is not None else None
-        return _plain(getattr(self.gpu, name, None))
+        return getattr(self.gpu, name, None)
 
 
 class NodeEnv(_Base):

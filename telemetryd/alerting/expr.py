@@ -197,7 +197,7 @@ class _Compiler:
         return lambda env: env.attr(base, name)
 
     def compare(self, node: ast.Compare) -> Compiled:
-        steps: list[tuple[ast.cmpop, Compiled, bool]] = []
+        steps: list[tuple[Callable[[Value, Value], bool | None], Compiled]] = []
         operands = [node.left, *node.comparators]
         for i, (op, right) in enumerate(zip(node.ops, node.comparators, strict=True)):
             if isinstance(op, ast.Is | ast.IsNot):
@@ -205,15 +205,18 @@ class _Compiler:
             # ``x == None`` asks about presence; any other comparison with an absent
             # value is undefined (absent is not 0, not False, not "none").
             presence = _is_none(operands[i]) or _is_none(right)
-            steps.append((op, self.compile(right), presence))
+            steps.append((_comparator(op, presence), self.compile(right)))
         left = self.compile(node.left)
+        if len(steps) == 1:  # the common case, without the chain's loop
+            ((compare, right_fn),) = steps
+            return lambda env: compare(left(env), right_fn(env))
 
         def run(env: Env) -> Value:
             a = left(env)
             result: Value = True
-            for op, right_fn, presence in steps:
+            for compare, right_fn in steps:
                 b = right_fn(env)
-                ok = _compare(op, a, b, presence)
+                ok = compare(a, b)
                 if ok is False:
                     return False
                 if ok is None:
@@ -296,23 +299,37 @@ def _is_none(node: ast.expr) -> bool:
     return isinstance(node, ast.Constant) and node.value is None
 
 
-def _compare(op: ast.cmpop, a: Value, b: Value, presence: bool) -> bool | None:
+def _comparator(op: ast.cmpop, presence: bool) -> Callable[[Value, Value], bool | None]:
+    """The three-valued comparison for ``op``, chosen once when the rule is compiled."""
     if isinstance(op, ast.Eq | ast.NotEq):
-        if not presence and (a is None or b is None):
-            return None
-        return bool(a == b) if isinstance(op, ast.Eq) else bool(a != b)
+        equal = isinstance(op, ast.Eq)
+
+        def eq(a: Value, b: Value) -> bool | None:
+            if not presence and (a is None or b is None):
+                return None
+            return (a == b) is equal
+
+        return eq
     if isinstance(op, ast.In | ast.NotIn):
-        if a is None or b is None or not isinstance(b, tuple | list | str):
-            return None
-        found = a in b
-        return found if isinstance(op, ast.In) else not found
+        inside = isinstance(op, ast.In)
+
+        def contains(a: Value, b: Value) -> bool | None:
+            if a is None or not isinstance(b, tuple | list | str):
+                return None
+            return (a in b) is inside
+
+        return contains
     order = _ORDER[type(op)]
-    if a is None or b is None:
-        return None
-    try:
-        return order(a, b)
-    except TypeError:
-        return None
+
+    def ordered(a: Value, b: Value) -> bool | None:
+        if a is None or b is None:
+            return None
+        try:
+            return order(a, b)
+        except TypeError:
+            return None
+
+    return ordered
 
 
 def _not(v: Value) -> Value:
