@@ -7,7 +7,8 @@ Baselines in the same run, on the same backlog:
   - mosquitto_sub: the broker's and the network's own ceiling;
   - a bare aiomqtt subscriber that only counts (the floor of any Python consumer);
   - the aggregator: validation, WAL + fsync, acknowledgement (the "accepted" rate), and
-    SQLite (the "stored" rate).
+    SQLite (the "stored" rate), with the alert engine (the shipped rule pack evaluated on
+    every report) and, on the same backlog, without it: the engine's cost is the ratio.
 
 Usage: python bench/aggregator_throughput.py [--reports 20000] [--publishers 8]
 Prints the machine, the figures and the ratios. Bounded in time; loopback only.
@@ -151,14 +152,22 @@ def stored_count(db: Path) -> int:
         return 0
 
 
-def run_aggregator(port: int, workdir: Path, count: int) -> dict[str, float]:
-    state = workdir / "aggregator"
+def _env(alerts: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRYD_")}
+    env["TELEMETRYD_AGGREGATOR_CLIENT_ID"] = f"bench-aggregator-{'alerts' if alerts else 'plain'}"
+    env["TELEMETRYD_AGGREGATOR_MQTT_VERSION"] = MQTT_VERSION
+    env["TELEMETRYD_AGGREGATOR_ALERTS_ENABLED"] = "true" if alerts else "false"
+    return env
+
+
+def run_aggregator(port: int, workdir: Path, alerts: bool) -> dict[str, float]:
+    workdir = workdir / ("alerts" if alerts else "plain")
+    workdir.mkdir(exist_ok=True)
+    state = workdir / "aggregator"
+    env = _env(alerts)
     log = open(workdir / "aggregator.log", "ab")  # noqa: SIM115
     cmd = [sys.executable, "-m", "telemetryd", "--log-level", "info", "aggregator",
            "--broker", f"mqtt://127.0.0.1:{port}", "--state-dir", str(state)]  # fmt: skip
-    env["TELEMETRYD_AGGREGATOR_CLIENT_ID"] = "bench-aggregator"
-    env["TELEMETRYD_AGGREGATOR_MQTT_VERSION"] = MQTT_VERSION
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     # The aggregator's first run only creates its session (the reports are not queued yet).
     while "consuming" not in (workdir / "aggregator.log").read_text():
@@ -168,11 +177,10 @@ def run_aggregator(port: int, workdir: Path, count: int) -> dict[str, float]:
     return {"pid": float(proc.pid)}
 
 
-def measure_aggregator(port: int, workdir: Path, count: int) -> dict[str, float]:
+def measure_aggregator(port: int, workdir: Path, count: int, alerts: bool) -> dict[str, float]:
+    workdir = workdir / ("alerts" if alerts else "plain")
     state = workdir / "aggregator"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRYD_")}
-    env["TELEMETRYD_AGGREGATOR_CLIENT_ID"] = "bench-aggregator"
-    env["TELEMETRYD_AGGREGATOR_MQTT_VERSION"] = MQTT_VERSION
+    env = _env(alerts)
     logpath = workdir / "aggregator.log"
     log = open(logpath, "ab")  # noqa: SIM115
     offset = logpath.stat().st_size
@@ -251,10 +259,14 @@ def main() -> None:
             asyncio.run(_prime_aiomqtt(port))
             publish(files, port)
             results["aiomqtt"] = count / asyncio.run(_aiomqtt_drain(port, count))
-            # the aggregator
-            run_aggregator(port, workdir, count)
+            # the aggregator without, then with, the alert engine
+            run_aggregator(port, workdir, alerts=False)
             publish(files, port)
-            agg = measure_aggregator(port, workdir, count)
+            plain = measure_aggregator(port, workdir, count, alerts=False)
+            results["stored_no_alerts"] = count / plain["stored_s"]
+            run_aggregator(port, workdir, alerts=True)
+            publish(files, port)
+            agg = measure_aggregator(port, workdir, count, alerts=True)
             results["accepted"] = count / agg["accepted_s"]
             results["stored"] = count / agg["stored_s"]
         finally:
@@ -270,7 +282,13 @@ def main() -> None:
           f"{results['stored'] / results['mosquitto_sub']:.2f} of mosquitto_sub)")  # fmt: skip
     print(f"aggregator CPU {agg['cpu_s']:.1f} s for {count} reports "
           f"({1000 * agg['cpu_s'] / count:.2f} ms each), RSS {agg['rss_mib']:.0f} MiB")  # fmt: skip
-    print(json.dumps({k: round(v, 1) for k, v in {**results, **agg}.items()}))
+    engine_ms = 1000 * (agg["cpu_s"] - plain["cpu_s"]) / count
+    print(f"without the alert engine: stored {results['stored_no_alerts']:8.0f} reports/s, "
+          f"CPU {1000 * plain['cpu_s'] / count:.2f} ms each; with it: "
+          f"{results['stored'] / results['stored_no_alerts']:.2f} of that rate, "
+          f"+{engine_ms:.2f} ms of CPU per report")  # fmt: skip
+    extra = {f"no_alerts_{k}": v for k, v in plain.items()}
+    print(json.dumps({k: round(v, 2) for k, v in {**results, **agg, **extra}.items()}))
 
 
 async def _prime_aiomqtt(port: int) -> None:
