@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-import os
 import threading
 from collections import Counter
 from pathlib import Path
+
+from telemetryd.durable import append_rotating
 
 _PAYLOAD_KEEP = 64 << 10  # an oversized payload is kept in part: enough to see what it was
 
@@ -56,13 +57,7 @@ class DeadLetters:
         if not lines:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
-                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            with open(self.path, "ab") as handle:
-                handle.write(b"".join(lines))
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_rotating(self.path, b"".join(lines), self.max_bytes)
         except OSError:
             with self._lock:  # not written: they go out with the next flush
                 self._pending[:0] = lines

@@ -36,3 +36,18 @@ def replace_file(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def append_rotating(path: Path, data: bytes, max_bytes: int) -> None:
+    """Append ``data`` and fsync it; a file already ``max_bytes`` long first becomes ``.1``.
+
+    For the dead-letter files: bounded (one old file kept), and what was appended is on
+    disk before the caller moves on.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size >= max_bytes:
+        os.replace(path, path.with_name(path.name + ".1"))
+    with open(path, "ab") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())

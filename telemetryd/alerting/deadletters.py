@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from telemetryd.alerting.model import Notification
 from telemetryd.codec import encode_json
+from telemetryd.durable import append_rotating
 
 FILE = "deadletter.jsonl"
 
@@ -54,13 +54,7 @@ class DeadLetterFile:
         if not lines:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
-                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            with open(self.path, "ab") as handle:
-                handle.write(b"".join(lines))
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_rotating(self.path, b"".join(lines), self.max_bytes)
         except OSError:
             with self._lock:  # kept for the next flush
                 self._pending[:0] = lines

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from telemetryd import deadletter as deadletter_module
+from telemetryd import durable
 from telemetryd.deadletter import DeadLetters
 
 S = 1_000_000_000
@@ -53,7 +53,7 @@ def test_flush_appends_and_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(deadletter_module.os, "fsync", fsync)
+    monkeypatch.setattr(durable.os, "fsync", fsync)
     dl.add("t/1", "schema", "seq: expected int", b"{}", T)
     dl.add("t/2", "topic", "bad topic", b"{}", T + S)
     dl.flush()
