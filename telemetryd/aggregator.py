@@ -329,6 +329,11 @@ class Aggregator:
             if now - last_summary >= self.cfg.fleet_interval:
                 await self._publish_summaries()
                 last_summary = now
+            session = self._session
+            if self.alerts is not None and session is not None:
+                # What the 1 s tick changed (a node gone silent) when no message comes.
+                with contextlib.suppress(MqttUnavailable):
+                    await self.alerts.publish(session)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``; then let the sinks catch up briefly and save state."""

@@ -56,6 +56,7 @@ class AlertService:
         self.dispatcher = dispatcher
         self.published: set[str] = set()  # fingerprints with a retained message
         self._outbox: dict[str, Alert] = {}  # to publish (firing) or clear (resolved)
+        self._publishing = asyncio.Lock()
         self.notified = 0
 
     # -- inputs (called inside the aggregator's commit) ------------------------------------
@@ -93,6 +94,10 @@ class AlertService:
 
     async def publish(self, session: MqttSession) -> None:
         """Publish what changed: firing alerts retained, resolved ones cleared."""
+        async with self._publishing:
+            await self._publish(session)
+
+    async def _publish(self, session: MqttSession) -> None:
         while self._outbox:
             fp, alert = next(iter(self._outbox.items()))
             for cluster in self._clusters(alert):

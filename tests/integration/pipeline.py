@@ -193,3 +193,25 @@ class Witness:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def retained(port: int, topic: str, wait: float = 1.0) -> dict[str, bytes]:
+    """What a client connecting now is handed as retained on ``topic`` (a filter)."""
+    got: dict[str, bytes] = {}
+    lock = threading.Lock()
+
+    def on_message(_c: object, _u: object, message: mqtt.MQTTMessage) -> None:
+        if message.retain:
+            with lock:
+                got[message.topic] = bytes(message.payload)
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"look-{uuid.uuid4().hex[:8]}")
+    client.on_message = on_message
+    client.on_connect = lambda c, *_: c.subscribe(topic, 1)
+    client.connect("127.0.0.1", port, keepalive=5)
+    client.loop_start()
+    time.sleep(wait)
+    client.loop_stop()
+    client.disconnect()
+    with lock:
+        return dict(got)
