@@ -16,11 +16,11 @@ included) is saved with the fleet snapshot, so a restart forgets nothing.
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from telemetryd.alerting.active import Active, number, render
 from telemetryd.alerting.envs import (
     AggregatorEnv,
     EventEnv,
@@ -35,25 +35,7 @@ from telemetryd.alerting.rules import Rule
 from telemetryd.fleet import Fleet
 from telemetryd.model import Event, EventMessage, Report, Status
 
-_TEMPLATE = re.compile(r"{{\s*([A-Za-z_][A-Za-z0-9_]*)\s*}}")
 _TIME_NAMES = {"state", "silent_s"}  # node rules that can change without a report
-
-
-@dataclass(slots=True)
-class Active:
-    """One pending or firing alert (what is saved across restarts)."""
-
-    rule: str
-    fingerprint: str
-    labels: dict[str, str]
-    state: Literal["pending", "firing"]
-    starts_ns: int
-    last_true_ns: int
-    fired_ns: int = 0
-    value: float | None = None
-    annotations: dict[str, str] = field(default_factory=dict)
-    after: tuple[str, int] = ("", -1)  # event alerts: (boot, seq) of the report that fired
-    series: tuple[str, ...] = ()  # condition alerts: the label values of their series
 
 
 @dataclass(slots=True)
@@ -201,7 +183,7 @@ class Engine:
                 alert = self.active.get(fp)
                 if alert is None:
                     alert = self.active[fp] = Active(rule.name, fp, full, "pending", t, t)
-                    alert.value = _number(event.code)
+                    alert.value = number(event.code)
                     self._fire(alert, rule, t, env)
                     if event.uuid and rule.resolve is not None:
                         self.by_gpu.setdefault((cluster, node, event.uuid), set()).add(fp)
@@ -304,11 +286,8 @@ class Engine:
 
     def _fire(self, alert: Active, rule: Rule, t: int, env: Env) -> None:
         alert.state, alert.fired_ns = "firing", t
-        values = {**alert.labels, "value": _format(alert.value), "runbook_base": self.runbook_base}
-        alert.annotations = {
-            k: _TEMPLATE.sub(lambda m: values.get(m.group(1), ""), v)
-            for k, v in rule.annotations.items()
-        }
+        alert.annotations = render(rule.annotations, alert.labels, alert.value,
+                                   runbook_base=self.runbook_base)  # fmt: skip
         self._changed.append(self._public(alert, "firing"))
 
     def _drop(self, alert: Active) -> None:
@@ -323,7 +302,7 @@ class Engine:
 
     def _value(self, rule: Rule, env: Env) -> float | None:
         fn = rule.value.fn if rule.value is not None else rule.expr.value_fn
-        return _number(fn(env)) if fn is not None else None
+        return number(fn(env)) if fn is not None else None
 
     # -- labels, histories -----------------------------------------------------------------
     def _extra(self, cluster: str, node: str) -> _NodeExtra:
@@ -398,15 +377,3 @@ class Engine:
                     self.by_gpu.setdefault(key, set()).add(alert.fingerprint)
             elif alert.state == "firing":
                 self._changed.append(self._public(alert, "resolved", ends_ns=now_ns))
-
-
-def _number(value: Value) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _format(value: float | None) -> str:
-    if value is None:
-        return ""
-    return f"{value:.0f}" if value == int(value) else f"{value:.2f}".rstrip("0")
