@@ -25,6 +25,7 @@ from tests.integration.pipeline import Service, agent, aggregator, retained, wai
 from tests.integration.receiver import Receiver
 
 pytestmark = pytest.mark.integration
+ALERTS = "telemetry/v1/+/_alerts/#"
 
 ROUTING = """
 [route]
@@ -152,15 +153,26 @@ def test_xid79_pages_once_and_resolves_when_the_gpu_returns(
                       "duration = 4\n")  # fmt: skip
     node = agent(tmp_path, mosquitto.url, "n1", interval=0.5, **faults).start()
     wait_until(lambda: named(receiver, "GpuFellOffBus"), 20, "the XID 79 page")
-    fingerprint = receiver.bodies("/oncall")[0]["alerts"][0]["fingerprint"]
+    (fingerprint,) = {
+        a["fingerprint"]
+        for body in receiver.bodies("/oncall")
+        for a in body["alerts"]
+        if a["labels"]["alertname"] == "GpuFellOffBus"
+    }
     topic = f"telemetry/v1/c1/_alerts/{fingerprint}"
     # What fires is retained for clients that connect later (the TUI) ...
-    firing = retained(mosquitto.port, "telemetry/v1/+/_alerts/#")
+    firing: dict[str, bytes] = {}
+
+    def published() -> bool:
+        firing.update(retained(mosquitto.port, ALERTS, 0.5))
+        return topic in firing
+
+    wait_until(published, 10, "the firing alert retained")
     assert json.loads(firing[topic])["labels"]["alertname"] == "GpuFellOffBus"
     wait_until(lambda: len(named(receiver, "GpuFellOffBus")) >= 2, 20, "its resolve")
     # ... and cleared once it resolved.
-    wait_until(lambda: topic not in retained(mosquitto.port, "telemetry/v1/+/_alerts/#", 0.5),
-               10, "the retained alert cleared")  # fmt: skip
+    wait_until(lambda: topic not in retained(mosquitto.port, ALERTS, 0.5), 10,
+               "the retained alert cleared")  # fmt: skip
     time.sleep(2)  # anything more would be a duplicate
     node.stop()
     agg.stop()
