@@ -54,8 +54,9 @@ class AlertService:
         self.cfg = cfg
         self.engine = engine
         self.dispatcher = dispatcher
-        self.published: set[str] = set()  # fingerprints with a retained message
+        self.published: set[str] = set()  # topics that hold a retained alert
         self._outbox: dict[str, Alert] = {}  # to publish (firing) or clear (resolved)
+        self._stale: set[str] = set()  # retained topics to clear, whatever their cluster
         self._publishing = asyncio.Lock()
         self.notified = 0
 
@@ -98,23 +99,33 @@ class AlertService:
             await self._publish(session)
 
     async def _publish(self, session: MqttSession) -> None:
+        while self._stale:
+            topic = next(iter(self._stale))
+            await session.publish(topic, b"", retain=True)
+            self._stale.discard(topic)
+            self.published.discard(topic)
         while self._outbox:
             fp, alert = next(iter(self._outbox.items()))
             for cluster in self._clusters(alert):
-                payload = encode_json(alert) if alert.status == "firing" else b""
-                await session.publish(alert_topic(cluster, fp), payload, retain=True)
-            if alert.status == "firing":
-                self.published.add(fp)
-            else:
-                self.published.discard(fp)
+                topic = alert_topic(cluster, fp)
+                if alert.status == "firing":
+                    await session.publish(topic, encode_json(alert), retain=True)
+                    self.published.add(topic)
+                elif topic in self.published:
+                    await session.publish(topic, b"", retain=True)
+                    self.published.discard(topic)
             if self._outbox.get(fp) is alert:
                 del self._outbox[fp]
 
     def republish(self) -> None:
-        """After (re)connecting: every firing alert again, and clear what no longer fires."""
+        """After (re)connecting: every firing alert again, and clear what no longer fires.
+
+        The broker may have lost its retained messages (no persistence), and an alert may
+        have resolved while this aggregator was down: the topics it published are saved
+        with its state, so the ones that no longer fire are cleared exactly.
+        """
         firing = {a.fingerprint: a for a in self.engine.firing()}
-        for fp in self.published - set(firing):
-            self._outbox.setdefault(fp, _cleared(fp))
+        self._stale |= {t for t in self.published if t.rsplit("/", 1)[-1] not in firing}
         for fp, alert in firing.items():
             self._outbox.setdefault(fp, alert)
 
@@ -136,18 +147,13 @@ class AlertService:
 
     # -- persistence -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """Engine state and the published fingerprints (saved with the fleet snapshot)."""
+        """Engine state and the published topics (saved with the fleet snapshot)."""
         return {**self.engine.snapshot(), "published": sorted(self.published)}
 
     def restore(self, data: dict[str, Any]) -> None:
         """Load what ``snapshot`` saved."""
         self.engine.restore(data, time.time_ns())
-        self.published = {str(fp) for fp in data.get("published", [])}
-
-
-def _cleared(fp: str) -> Alert:
-    """A stand-in for an alert whose retained message must be cleared (it no longer fires)."""
-    return Alert(fingerprint=fp, status="resolved", labels={})
+        self.published = {str(t) for t in data.get("published", []) if "/_alerts/" in str(t)}
 
 
 def open_alerts(cfg: AlertsConfig, fleet: Fleet, directory: Path, *, name: str) -> AlertService:
