@@ -15,20 +15,18 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from telemetryd.durable import append_rotating
+from telemetryd.durable import QueuedAppends
 
 _PAYLOAD_KEEP = 64 << 10  # an oversized payload is kept in part: enough to see what it was
 
 
-class DeadLetters:
+class DeadLetters(QueuedAppends):
     """Appends dead letters; ``flush`` syncs them (call before acknowledging)."""
 
     def __init__(self, path: Path, *, max_bytes: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
+        super().__init__(path, max_bytes=max_bytes)
         self.counts: Counter[str] = Counter()
-        self._pending: list[bytes] = []
-        self._lock = threading.Lock()
+        self._counting = threading.Lock()  # adds come from several threads
 
     def add(self, topic: str, reason: str, detail: str, payload: bytes, time_ns: int) -> None:
         """Queue one dead letter and count it under ``reason``."""
@@ -45,23 +43,9 @@ class DeadLetters:
             record["payload"] = kept.decode("utf-8")
         except UnicodeDecodeError:
             record["payload_base64"] = base64.b64encode(kept).decode()
-        line = json.dumps(record, ensure_ascii=False).encode() + b"\n"
-        with self._lock:
-            self._pending.append(line)
+        self.queue(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+        with self._counting:
             self.counts[reason] += 1
-
-    def flush(self) -> None:
-        """Write and sync what was queued (blocking: run off the event loop)."""
-        with self._lock:
-            lines, self._pending = self._pending, []
-        if not lines:
-            return
-        try:
-            append_rotating(self.path, b"".join(lines), self.max_bytes)
-        except OSError:
-            with self._lock:  # not written: they go out with the next flush
-                self._pending[:0] = lines
-            raise
 
     def read(self) -> list[dict[str, object]]:
         """Every dead letter in the current file (for tests and the operator's tools)."""

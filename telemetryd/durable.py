@@ -8,6 +8,7 @@ the spool, the WAL and the aggregator's state files all depend on getting these 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
@@ -51,3 +52,41 @@ def append_rotating(path: Path, data: bytes, max_bytes: int) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+class QueuedAppends:
+    """Lines queued from any thread, appended and synced together by ``flush``.
+
+    The dead-letter files of reports and of notifications: queueing is cheap on the hot
+    path, ``flush`` (blocking: run it off the event loop) writes them with one fsync, and
+    lines a full disk refused stay queued for the next flush, in order.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._pending: list[bytes] = []
+        self._lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Lines queued but not yet written."""
+        return len(self._pending)
+
+    def queue(self, line: bytes) -> None:
+        """Queue one line (its newline included)."""
+        with self._lock:
+            self._pending.append(line)
+
+    def flush(self) -> None:
+        """Append and fsync what was queued; OSError leaves it queued."""
+        with self._lock:
+            lines, self._pending = self._pending, []
+        if not lines:
+            return
+        try:
+            append_rotating(self.path, b"".join(lines), self.max_bytes)
+        except OSError:
+            with self._lock:  # not written: they go out with the next flush
+                self._pending[:0] = lines
+            raise

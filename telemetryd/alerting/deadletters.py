@@ -12,30 +12,21 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 from telemetryd.alerting.model import Notification
 from telemetryd.codec import encode_json
-from telemetryd.durable import append_rotating
+from telemetryd.durable import QueuedAppends
 
 FILE = "deadletter.jsonl"
 
 
-class DeadLetterFile:
+class DeadLetterFile(QueuedAppends):
     """``deadletter.jsonl``: notifications that could not be delivered, synced, rotated once."""
 
     def __init__(self, path: Path, *, max_bytes: int = 16 << 20) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self._pending: list[bytes] = []
-        self._lock = threading.Lock()
-
-    @property
-    def pending(self) -> int:
-        """Records queued but not yet written."""
-        return len(self._pending)
+        super().__init__(path, max_bytes=max_bytes)
 
     def add(
         self, receiver: str, attempts: int, reason: str, note: Notification, time_ns: int
@@ -44,21 +35,7 @@ class DeadLetterFile:
         when = datetime.datetime.fromtimestamp(time_ns / 1e9, datetime.UTC).isoformat()
         record = {"time": when, "receiver": receiver, "attempts": attempts, "reason": reason,
                   "notification": note}  # fmt: skip
-        with self._lock:
-            self._pending.append(encode_json(record) + b"\n")
-
-    def flush(self) -> None:
-        """Append and fsync what was queued (blocking: run it off the event loop)."""
-        with self._lock:
-            lines, self._pending = self._pending, []
-        if not lines:
-            return
-        try:
-            append_rotating(self.path, b"".join(lines), self.max_bytes)
-        except OSError:
-            with self._lock:  # kept for the next flush
-                self._pending[:0] = lines
-            raise
+        self.queue(encode_json(record) + b"\n")
 
 
 def read_deadletters(directory: Path, limit: int = 0) -> list[dict[str, Any]]:
