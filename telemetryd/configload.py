@@ -213,7 +213,8 @@ def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_file(path: str) -> tuple[dict[str, Any], str]:
+def read_toml(path: str) -> tuple[dict[str, Any], str]:
+    """A TOML file's tables and text; ConfigError names the file (and line) and the fault."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -252,7 +253,7 @@ def load(
         overrides: dotted key -> (option name, value) from the command line.
     """
     env = os.environ if env is None else env
-    data, text = _read_file(path) if path else ({}, "")
+    data, text = read_toml(path) if path else ({}, "")
     origin = _Origin(path, text)
     problems: list[str] = []
     merged = _validate(data, Config, "", origin.file, problems)

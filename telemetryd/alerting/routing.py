@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from telemetryd.alerting.durations import format_duration, parse_duration
 from telemetryd.alerting.matchers import LABEL_NAME, Matcher, matches_all, parse_matcher
 from telemetryd.alerting.matchers import quote as quote_value
 from telemetryd.codec import DecodeError, convert
+from telemetryd.configload import read_toml
 from telemetryd.errors import ConfigError
 
 Problem = Callable[[str, str], None]  # (key path, what is wrong)
@@ -131,20 +130,7 @@ EMPTY = Routing(source="", route=None, receivers={}, inhibit_rules=())
 def load_routing(path: str | Path) -> Routing:
     """Read and check a routing file; ConfigError lists every problem."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{source}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{source}: not UTF-8 text; expected a TOML file"]) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        at = re.search(r"\(at line (\d+), column (\d+)\)", message)
-        where = f"{source}:{at.group(1)}:{at.group(2)}" if at else source
-        reason = re.sub(r"\s*\(at line.*\)$", "", message)
-        raise ConfigError([f"{where}: invalid TOML: {reason}"]) from None
+    data, _ = read_toml(source)
     return parse_routing(data, source)
 
 
