@@ -378,7 +378,7 @@ def config_check(file: str) -> None:
 
 
 @config.command("sample")
-@click.argument("role", type=click.Choice(["agent", "aggregator", "broker"]))
+@click.argument("role", type=click.Choice(["agent", "aggregator", "broker", "top"]))
 def config_sample(role: str) -> None:
     """Print a commented configuration documenting every key of ROLE."""
     from telemetryd.config import Config

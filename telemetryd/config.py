@@ -29,6 +29,7 @@ __all__ = [
     "PrometheusConfig",
     "SimConfig",
     "TlsConfig",
+    "TopConfig",
 ]
 
 
@@ -356,12 +357,61 @@ class BrokerConfig(_Section):
     ] = ""
 
 
+class TopConfig(_BrokerSection):
+    """``[top]``: the operator's views (``telemetryd top`` and ``telemetryd status``)."""
+
+    cluster: Annotated[str, _doc("Cluster to watch; '+' watches every cluster on the broker.")] = (
+        "+"
+    )
+    refresh: Annotated[
+        float,
+        _doc(
+            "Seconds between redraws of top. Updates arriving in between are coalesced, so "
+            "a large fleet costs the same number of redraws as a small one.",
+            ge=0.1,
+            le=60,
+        ),
+    ] = 1.0
+    history: Annotated[
+        int,
+        _doc("Samples kept per GPU and metric for sparklines (one ring buffer each).", ge=10),
+    ] = 180
+    silent_after: Annotated[
+        float,
+        _doc("A node without a report for this many of its intervals is shown 'silent'.", gt=1),
+    ] = 3.0
+    allow_silence: Annotated[
+        bool,
+        _doc(
+            "Let top add silences (published to the aggregator, which must also accept them: "
+            "[aggregator.alerts] mqtt_silences). Off: top is read-only."
+        ),
+    ] = False
+    silence_duration: Annotated[
+        str, _doc("Default length of a silence added from top (30m, 2h, 1d).")
+    ] = "2h"
+    metric: Annotated[
+        Literal["util", "temp", "power", "mem"],
+        _doc("Metric the fleet heatmap is coloured by at start (m cycles it)."),
+    ] = "util"
+    wait: Annotated[
+        float,
+        _doc(
+            "status: longest wait in seconds for retained state and one report per node "
+            "before it answers with what it has.",
+            gt=0,
+            le=120,
+        ),
+    ] = 5.0
+
+
 class Config(_Section):
     """A whole configuration file: one table per role."""
 
     agent: AgentConfig = field(default_factory=AgentConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
+    top: TopConfig = field(default_factory=TopConfig)
 
 
-ROLES = ("agent", "aggregator", "broker")
+ROLES = ("agent", "aggregator", "broker", "top")

@@ -33,6 +33,11 @@ _HEADERS = {
         "telemetryd broker: the embedded MQTT broker (amqtt) for one machine or a small site. "
         "Past a few hundred nodes use Mosquitto or EMQX (see examples/mosquitto)."
     ),
+    "top": (
+        "telemetryd top and telemetryd status: the operator's views of the fleet, read "
+        "straight from MQTT. Precedence: command line > environment (TELEMETRYD_TOP_...) > "
+        "this file > defaults."
+    ),
 }
 
 

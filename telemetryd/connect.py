@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from exporters.mqtt import MqttSettings, Will
-from telemetryd.config import AgentConfig, AggregatorConfig
+from telemetryd.config import AgentConfig, AggregatorConfig, TopConfig
 from telemetryd.errors import ConfigError
 from telemetryd.secrets import read_secret, secret_path
 from telemetryd.urls import parse_broker_url
 
 
 def mqtt_settings(
-    cfg: AgentConfig | AggregatorConfig,
+    cfg: AgentConfig | AggregatorConfig | TopConfig,
     *,
     client_id: str,
     will: Will | None = None,

@@ -64,3 +64,23 @@ def parse_node_topic(topic: str) -> NodeTopic | str:
 def alert_topic(cluster: str, fingerprint: str) -> str:
     """The aggregator's retained state of one firing alert (empty once it resolved)."""
     return f"{ROOT}/{cluster}/_alerts/{fingerprint}"
+
+
+def pending_topic(cluster: str) -> str:
+    """The aggregator's retained list of pending alerts (alerting/wire.py PendingAlerts)."""
+    return f"{ROOT}/{cluster}/_pending"
+
+
+def silences_topic(cluster: str) -> str:
+    """The aggregator's retained list of silences (alerting/wire.py Silences)."""
+    return f"{ROOT}/{cluster}/_silences"
+
+
+def silence_request_topic(cluster: str) -> str:
+    """Where a terminal UI asks the aggregator to add a silence (SilenceRequest)."""
+    return f"{ROOT}/{cluster}/_silences/request"
+
+
+def watch_filter(cluster: str) -> str:
+    """Everything a viewer (top, status) reads of ``cluster`` ("+" for all clusters)."""
+    return f"{ROOT}/{cluster}/#"
