@@ -172,6 +172,7 @@ class Snapshot:
     sent: tuple[float, float]
     received: tuple[float, float]
     dropped: tuple[float, float]
+    heap: tuple[float, float]
     watcher: int
     count: dict[str, float]
     loadgen_stats: dict[str, float]
@@ -196,6 +197,7 @@ def snapshot(side: Side, target: int, tmux: int | None, count: Path | None) -> S
         sent=side.watch.get("publish/messages/sent"),
         received=side.watch.get("publish/messages/received"),
         dropped=side.watch.get("publish/messages/dropped"),
+        heap=side.watch.get("heap/current"),
         watcher=side.watch.received, count=read_json(count) if count else {},
         loadgen_stats=read_json(side.loadgen_stats),
     )  # fmt: skip
@@ -219,6 +221,8 @@ class Result:
     broker_pct: float
     loadgen_pct: float
     machine_pct: float  # of all cores
+    others_pct: float  # of one core: the machine's busy time not of the processes above
+    heap_mib: float  # the broker's heap growth over the window (a lagging reader grows it)
     screen: str = ""
 
     def row(self, base: Result | None) -> str:
@@ -229,6 +233,8 @@ class Result:
 
 def result(name: str, a: Snapshot, b: Snapshot, rss: float, screen: str = "") -> Result:
     wall = b.time - a.time
+    spent = [b.target - a.target, b.tmux - a.tmux, b.broker - a.broker, b.loadgen - a.loadgen]
+    ours = sum(x for x in spent if x == x)  # NaN: no tmux for this target
     sys_msgs = (b.watcher - a.watcher) / wall  # what the broker sent our own $SYS watcher
     counted = float("nan")
     if "messages" in a.count and "messages" in b.count:
@@ -241,7 +247,9 @@ def result(name: str, a: Snapshot, b: Snapshot, rss: float, screen: str = "") ->
         dropped=b.dropped[1] - a.dropped[1], counted=counted,
         tmux_pct=100 * (b.tmux - a.tmux) / wall, broker_pct=100 * (b.broker - a.broker) / wall,
         loadgen_pct=100 * (b.loadgen - a.loadgen) / wall,
-        machine_pct=100 * (b.busy - a.busy) / wall / (os.cpu_count() or 1), screen=screen,
+        machine_pct=100 * (b.busy - a.busy) / wall / (os.cpu_count() or 1),
+        others_pct=100 * ((b.busy - a.busy) - ours) / wall,
+        heap_mib=(b.heap[1] - a.heap[1]) / 2**20, screen=screen,
     )  # fmt: skip
 
 
@@ -449,8 +457,9 @@ def report(args: argparse.Namespace, results: list[Result], gen: dict[str, float
         print(f"  {r.name}: broker received {r.offered:.0f} msg/s (offered {offered:.0f} "
               f"reports/s + events), delivered {r.delivered:.0f} msg/s, dropped "
               f"{r.dropped:.0f}{counted}; alongside: loadgen {r.loadgen_pct:.1f}%, "
-              f"mosquitto {r.broker_pct:.1f}%{tmux}, machine {r.machine_pct:.0f}% of "
-              f"{os.cpu_count()} cores")  # fmt: skip
+              f"mosquitto {r.broker_pct:.1f}%{tmux}, anything else {r.others_pct:.1f}%; "
+              f"machine busy {r.machine_pct:.0f}% of {os.cpu_count()} cores; broker heap "
+              f"{r.heap_mib:+.1f} MiB")  # fmt: skip
         for line in status_lines(r.screen) if r.screen else []:
             print(f"    screen: {line.strip()}")
     if gen:
