@@ -313,14 +313,22 @@ class Tmux:
         return done.stdout
 
     def start(self, command: str) -> tuple[int, int]:
-        """Run ``command`` in the session; return its pid and the tmux server's pid."""
-        self("new-session", "-d", "-s", "bench", "-x", str(COLUMNS), "-y", str(ROWS), command)
-        pane = int(self("list-panes", "-t", "bench", "-F", "#{pane_pid}").split()[0])
-        server = int(self("display-message", "-p", "-t", "bench", "#{pid}").strip())
-        return pane, server
+        """Run ``command`` in the session; return its pid and the tmux server's pid.
 
-    def dead(self) -> bool:
-        return self("list-panes", "-t", "bench", "-F", "#{pane_dead}").strip() == "1"
+        The pane's shell outlives the command by two seconds, so that a target that fails at
+        once still has its last words on the screen when we look (an ``exec`` would lose
+        them); the pid measured is the shell's child, the command itself.
+        """
+        self("new-session", "-d", "-s", "bench", "-x", str(COLUMNS), "-y", str(ROWS),
+             f"{command}; status=$?; sleep 2; exit $status")  # fmt: skip
+        pane = psutil.Process(int(self("list-panes", "-t", "bench", "-F", "#{pane_pid}")))
+        server = int(self("display-message", "-p", "-t", "bench", "#{pid}").strip())
+        deadline = time.monotonic() + 10
+        while not (children := pane.children()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"tmux ran no command; its screen:\n{self.screen()}")
+            time.sleep(0.01)
+        return children[0].pid, server
 
     def screen(self) -> str:
         return self("capture-pane", "-p", "-t", "bench")
@@ -335,18 +343,24 @@ def run_tui(name: str, command: str, side: Side, args: argparse.Namespace,
     """A target in a real terminal: tmux's pty, 200x60, rendered by tmux, nobody attached."""
     tmux = Tmux(workdir)
     path = shlex.quote(env()["PYTHONPATH"])
-    pid, server = tmux.start(f"cd {shlex.quote(str(ROOT))} && exec env PYTHONPATH={path} {command}")
+    pid, server = tmux.start(f"cd {shlex.quote(str(ROOT))} && env PYTHONPATH={path} {command}")
+    proc = psutil.Process(pid)
 
     def alive() -> Iterator[bool]:
         while True:
-            yield not tmux.dead()
+            try:
+                yield proc.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                yield False
 
     try:
         checks = alive()
         if not hold(args.warmup, checks):
+            time.sleep(0.5)  # for tmux to show its last words
             raise SystemExit(f"{name} exited during warm-up; its screen:\n{tmux.screen()}")
         a = snapshot(side, pid, server, None)
         if not hold(args.seconds, checks):
+            time.sleep(0.5)
             raise SystemExit(f"{name} exited while measured; its screen:\n{tmux.screen()}")
         b = snapshot(side, pid, server, None)
         rss = peak_rss_mib(pid)
@@ -354,7 +368,10 @@ def run_tui(name: str, command: str, side: Side, args: argparse.Namespace,
     finally:
         tmux.stop()
         with contextlib.suppress(psutil.Error):
-            psutil.Process(pid).wait(10)
+            try:
+                proc.wait(10)  # SIGHUP from the closed terminal
+            except psutil.TimeoutExpired:
+                proc.kill()
     return result(name, a, b, rss, screen)
 
 
@@ -363,6 +380,24 @@ def status_lines(screen: str) -> list[str]:
     lines = [line.rstrip() for line in screen.splitlines() if line.strip()]
     rates = [line for line in lines if re.search(r"/s\b|msg", line)]
     return rates[-3:] or lines[-1:]
+
+
+def kept_up(r: Result) -> str:
+    """Yes, or why not: the broker delivered (nearly) all it received, without queueing up,
+    and the viewer's own rate on screen (if any) is near the offered one."""
+    why = []
+    if not r.delivered >= 0.98 * r.offered:
+        why.append(f"the broker delivered {r.delivered:.0f} of {r.offered:.0f} msg/s")
+    if r.dropped > 0:
+        why.append(f"the broker dropped {r.dropped:.0f}")
+    if r.heap_mib > 2:
+        why.append(f"the broker's heap grew {r.heap_mib:.1f} MiB (a queue for the viewer)")
+    shown = [float(m) for m in re.findall(r"(\d+(?:\.\d+)?) msg/s", r.screen)]
+    if shown and not shown[-1] >= 0.9 * r.offered:
+        why.append(f"its screen says {shown[-1]:.0f} msg/s")
+    if not why:
+        return "yes" + (f" (screen {shown[-1]:.0f} msg/s)" if shown else "")
+    return "NO: " + "; ".join(why)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -462,6 +497,7 @@ def report(args: argparse.Namespace, results: list[Result], gen: dict[str, float
               f"{r.heap_mib:+.1f} MiB")  # fmt: skip
         for line in status_lines(r.screen) if r.screen else []:
             print(f"    screen: {line.strip()}")
+        print(f"    kept up: {kept_up(r)}")
     if gen:
         print(f"loadgen overall: {gen.get('reports', 0):.0f} reports, {gen.get('events', 0):.0f} "
               f"XID events, at worst {1000 * gen.get('behind_max_s', 0):.1f} ms behind "
