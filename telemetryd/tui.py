@@ -157,6 +157,12 @@ class MainScreen(Screen[None]):
             self.query_one("#alert-table", DataTable),
             [(c, c) for c in topalerts.ALERT_COLUMNS],
         )
+        app.redraw(force=True)  # rows now, so the first keys find them
+        self.call_after_refresh(app.redraw, force=True)  # and again once the width is known
+
+    def on_resize(self) -> None:
+        """The heatmap wraps at the new width."""
+        self.top.redraw(force=True)
 
     @property
     def top(self) -> TopApp:
@@ -405,6 +411,8 @@ class TopApp(App[None]):
         self.cfg, self.clock, self.feed = cfg, clock, feed
         self.live = watch or Watch(silent_after=cfg.silent_after, history=cfg.history, clock=clock)
         self.settings = settings
+        if feed:
+            self.mqtt()  # a bad password file is a config error before the screen opens
         self.title = title or "telemetryd top"
         self.metric: str = cfg.metric
         self.view = "fleet"
@@ -428,7 +436,6 @@ class TopApp(App[None]):
         if self.feed:
             self.run_worker(self._follow(), name="watch-feed", group="feed")
         self.set_interval(self.cfg.refresh, self.tick, name="redraw")
-        self.call_after_refresh(self.redraw, force=True)
 
     def on_unmount(self) -> None:
         """Let the feed disconnect cleanly."""
