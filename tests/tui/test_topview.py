@@ -230,13 +230,13 @@ def test_silence_request_building() -> None:
     assert request.matchers == ['alertname="GpuHot"', 'cluster="c1"', 'node="n1"', 'gpu="3"']
     assert request.duration_s == 5400 and request.comment == "disk swap"
     assert topalerts.split_matchers('{a="x, y", b=~"n[0-9]+"}') == ['a="x, y"', 'b=~"n[0-9]+"']
-    with pytest.raises(ValueError, match="^duration: expected a duration such as"):
+    with pytest.raises(ValueError, match=r"^duration: expected a duration such as"):
         topalerts.build_request(text, "soon", "", "op@host")
-    with pytest.raises(ValueError, match="^matchers: expected at least one"):
+    with pytest.raises(ValueError, match=r"^matchers: expected at least one"):
         topalerts.build_request(" , ", "1h", "", "op@host")
-    with pytest.raises(ValueError, match="^silence request: .*created_by"):
+    with pytest.raises(ValueError, match=r"^silence request: .*created_by"):
         topalerts.build_request(text, "1h", "", "  ")
-    with pytest.raises(ValueError, match="^silence request: .*duration_s"):
+    with pytest.raises(ValueError, match=r"^silence request: .*duration_s"):
         topalerts.build_request(text, "40d", "", "op@host")
     with pytest.raises(ValueError, match="expected a matcher such as"):
         topalerts.build_request("node", "1h", "", "op@host")
