@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from typing import Literal
 
 from telemetryd import topfmt as fmt
@@ -301,13 +303,10 @@ def heatmap(
 
 def merge(parts: Iterable[Part]) -> list[Part]:
     """Adjacent runs of one style joined: fewer spans to draw."""
-    out: list[Part] = []
-    for text, style in parts:
-        if out and out[-1][1] == style:
-            out[-1] = (out[-1][0] + text, style)
-        elif text:
-            out.append((text, style))
-    return out
+    runs = (
+        (style, "".join(text for text, _ in run)) for style, run in groupby(parts, itemgetter(1))
+    )
+    return [(text, style) for style, text in runs if text]
 
 
 # -- totals and status ----------------------------------------------------------------------
