@@ -21,6 +21,7 @@ from telemetryd.alerting.matchers import parse_matcher, quote
 from telemetryd.alerting.model import SEVERITIES, Alert
 from telemetryd.alerting.wire import SilenceInfo, SilenceRequest, decode_silence_request
 from telemetryd.codec import DecodeError, encode_json
+from telemetryd.config import TopConfig
 from telemetryd.topfmt import Part
 from telemetryd.watch import Watch
 
@@ -119,6 +120,25 @@ def silence_gate(allow: bool, accepts: bool, cluster: str) -> str | None:
     return None
 
 
+def silence_target(
+    watch: Watch, key: str | None, cfg: TopConfig, now_ns: int
+) -> tuple[AlertRow, str]:
+    """The alert under the cursor and its cluster, if both gates let the operator silence it.
+
+    Raises:
+        ValueError: why not (nothing selected, read-only, the aggregator does not accept).
+    """
+    row = {r.key: r for r in alert_rows(watch, now_ns)}.get(key or "")
+    if row is None:
+        raise ValueError("no alert selected")
+    cluster = row.cluster or ("" if cfg.cluster == "+" else cfg.cluster)
+    accepts = bool(cluster) and watch.accepts_silences(cluster)
+    why = silence_gate(cfg.allow_silence, accepts, cluster)
+    if why:
+        raise ValueError(why)
+    return row, cluster
+
+
 def default_matchers(labels: Mapping[str, str]) -> str:
     """The dialog's prefill: the alert's name, cluster, node and GPU as exact matchers."""
     return ", ".join(f"{k}={quote(labels[k])}" for k in SILENCE_LABELS if k in labels)
@@ -208,3 +228,16 @@ def is_active(request: SilenceRequest, silences: list[SilenceInfo], now_ns: int)
         if have == wanted and s.created_by == request.created_by and s.ends_ns > now_ns:
             return True
     return False
+
+
+def settle(
+    requests: list[tuple[str, SilenceRequest]], watch: Watch, now_ns: int
+) -> list[SilenceRequest]:
+    """Requests (cluster, request) whose silence is now listed; removed from ``requests``."""
+    done = []
+    for cluster, request in list(requests):
+        listed = watch.silences.get(cluster)
+        if listed and is_active(request, listed.silences, now_ns):
+            requests.remove((cluster, request))
+            done.append(request)
+    return done

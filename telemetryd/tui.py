@@ -31,29 +31,17 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, ContentSwitcher, DataTable, Input, Label, Static
 
 from exporters.mqtt import MqttSession, MqttSettings, MqttUnavailable
-from telemetryd import topalerts, topdetail, topview
+from telemetryd import topalerts, topdetail, topstate, topview
 from telemetryd.alerting.wire import SilenceRequest
 from telemetryd.codec import encode_json
 from telemetryd.config import TopConfig
 from telemetryd.connect import mqtt_settings
-from telemetryd.topfmt import METRIC_ORDER, METRIC_SPECS, Part, legend
+from telemetryd.topfmt import Part, legend
 from telemetryd.topics import silence_request_topic
 from telemetryd.watch import Watch
 from telemetryd.watchfeed import follow
 
-VIEWS = ("fleet", "nodes", "alerts")
 STALE_S = 5.0  # redraw at least this often, so ages and "silent" move without messages
-HELP = """\
-[b]Views[/b]   1 fleet (totals, heatmap)   2 nodes (table)   3 alerts   tab next view
-[b]Nodes[/b]   enter  node detail (escape back)   s / S  sort by next column / reverse
-        click a column header to sort by it
-[b]Filter[/b]  /  text filter on cluster/node or a state word; start with re: or ~ for a
-           regular expression (~^gpu-0[1-4]$); empty clears it; escape cancels
-        c  cycle cluster    f  cycle alert filter (all / alerting / ok)
-[b]Fleet[/b]   m  cycle the heatmap metric (utilisation, temperature, power, memory)
-[b]Alerts[/b]  x  silence the selected alert (needs \\[top] allow_silence = true and an
-           aggregator with [aggregator.alerts] mqtt_silences = true)
-        ?  this help    q / ctrl+c  quit"""
 
 
 def _c(parts: Iterable[Part]) -> Content:
@@ -128,12 +116,12 @@ class MainScreen(Screen[None]):
         Binding("2", "view('nodes')", "nodes"),
         Binding("3", "view('alerts')", "alerts"),
         Binding("tab", "next_view", "next view", priority=True),
-        Binding("s", "sort", "sort"),
-        Binding("S", "reverse", "reverse"),
+        Binding("s", "cycle('sort')", "sort"),
+        Binding("S", "cycle('reverse')", "reverse"),
         Binding("slash", "filter", "filter"),
-        Binding("c", "cluster", "cluster"),
-        Binding("f", "alert_filter", "alert filter"),
-        Binding("m", "metric", "metric"),
+        Binding("c", "cycle('cluster')", "cluster"),
+        Binding("f", "cycle('alerts')", "alert filter"),
+        Binding("m", "cycle('metric')", "metric"),
         Binding("x", "silence", "silence"),
     ]
 
@@ -178,7 +166,7 @@ class MainScreen(Screen[None]):
 
     def action_view(self, view: str) -> None:
         """Switch to fleet, nodes or alerts."""
-        self.top.view = view
+        self.top.state.view = view
         self.query_one("#views", ContentSwitcher).current = (
             "alerts" if view == "alerts" else "overview"
         )
@@ -188,26 +176,18 @@ class MainScreen(Screen[None]):
 
     def action_next_view(self) -> None:
         """Tab: the next view."""
-        self.action_view(VIEWS[(VIEWS.index(self.top.view) + 1) % len(VIEWS)])
+        self.top.state.cycle("view", self.top.live)
+        self.action_view(self.top.state.view)
 
-    def action_sort(self) -> None:
-        """s: sort by the next column."""
-        app = self.top
-        columns = topview.SORT_COLUMNS
-        app.sort = columns[(columns.index(app.sort) + 1) % len(columns)]
-        app.redraw(force=True)
-
-    def action_reverse(self) -> None:
-        """S: reverse the sort."""
-        self.top.reverse = not self.top.reverse
+    def action_cycle(self, what: str) -> None:
+        """s, S, c, f, m: the next sort column, reverse, cluster, alert filter, metric."""
+        self.top.state.cycle(what, self.top.live)
         self.top.redraw(force=True)
 
     @on(DataTable.HeaderSelected, "#nodes")
     def _header(self, event: DataTable.HeaderSelected) -> None:
-        app, column = self.top, str(event.column_key.value)
-        app.reverse = not app.reverse if app.sort == column else False
-        app.sort = column
-        app.redraw(force=True)
+        self.top.state.sort_by(str(event.column_key.value))
+        self.top.redraw(force=True)
 
     @on(DataTable.RowSelected, "#nodes")
     def _drill(self, event: DataTable.RowSelected) -> None:
@@ -217,7 +197,7 @@ class MainScreen(Screen[None]):
     def action_filter(self) -> None:
         """/: open the filter line."""
         box = self.query_one("#filter", Input)
-        box.value = self.top.filter_text
+        box.value = self.top.state.filter_text
         box.display = True
         box.focus()
 
@@ -225,7 +205,7 @@ class MainScreen(Screen[None]):
     def _filtered(self, event: Input.Submitted) -> None:
         self.top.set_filter(event.value)
         event.input.display = False
-        self.action_view(self.top.view)
+        self.action_view(self.top.state.view)
 
     def key_escape(self) -> None:
         """Escape closes the filter line without changing the filter."""
@@ -233,27 +213,6 @@ class MainScreen(Screen[None]):
         if box.display:
             box.display = False
             self.query_one("#nodes").focus()
-
-    def action_cluster(self) -> None:
-        """c: the next cluster (or all)."""
-        app = self.top
-        cluster = topview.next_in(topview.clusters(app.live), app.row_filter.cluster)
-        app.row_filter = dataclasses.replace(app.row_filter, cluster=cluster)
-        app.redraw(force=True)
-
-    def action_alert_filter(self) -> None:
-        """f: all nodes, only alerting ones, only quiet ones."""
-        app = self.top
-        options = topview.ALERT_FILTERS
-        alerts = options[(options.index(app.row_filter.alerts) + 1) % len(options)]
-        app.row_filter = dataclasses.replace(app.row_filter, alerts=alerts)
-        app.redraw(force=True)
-
-    def action_metric(self) -> None:
-        """m: colour the heatmap by the next metric."""
-        app = self.top
-        app.metric = METRIC_ORDER[(METRIC_ORDER.index(app.metric) + 1) % len(METRIC_ORDER)]
-        app.redraw(force=True)
 
     def action_silence(self) -> None:
         """x: silence the alert under the cursor, when both gates allow it."""
@@ -327,7 +286,7 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         """The key list."""
-        yield Static(Content.from_markup(HELP), id="help")
+        yield Static(Content.from_markup(topstate.HELP), id="help")
 
 
 class SilenceScreen(ModalScreen["SilenceRequest | None"]):
@@ -375,28 +334,7 @@ class SilenceScreen(ModalScreen["SilenceRequest | None"]):
 class TopApp(App[None]):
     """``telemetryd top``: construct with a config; ``watch``/``feed``/``clock`` for tests."""
 
-    CSS = """
-    #totals { height: auto; padding: 0 1; background: $boost; }
-    #viewbar { height: 1; padding: 0 1; color: $text-muted; }
-    #views { height: 1fr; }
-    #fleet { height: auto; max-height: 50%; padding: 0 1; margin-bottom: 1; }
-    #nodes { height: 1fr; }
-    #legend { margin-bottom: 1; }
-    #alert-table { height: auto; max-height: 70%; }
-    #silences { height: auto; margin-top: 1; padding: 0 1; }
-    #filter { display: none; }
-    #message { height: auto; padding: 0 1; }
-    #status { dock: bottom; height: 1; padding: 0 1; background: $panel; }
-    #detail-header { height: auto; padding: 0 1; background: $boost; }
-    #gpus, #procs { height: auto; }
-    .section { margin-top: 1; padding: 0 1; }
-    #node-alerts, #events { height: auto; padding: 0 1; }
-    HelpScreen, SilenceScreen { align: center middle; }
-    #help { width: auto; max-width: 96; padding: 1 2; border: round $accent; background: $panel; }
-    #dialog { width: 90; height: auto; padding: 1 2; border: round $warning; background: $panel; }
-    #dialog-error { color: $error; height: auto; }
-    #buttons { height: auto; margin-top: 1; }
-    """
+    CSS_PATH = "top.tcss"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"),
         Binding("ctrl+c", "quit", "quit", priority=True, show=False),
@@ -420,11 +358,7 @@ class TopApp(App[None]):
         if feed:
             self.mqtt()  # a bad password file is a config error before the screen opens
         self.title = title or "telemetryd top"
-        self.metric: str = cfg.metric
-        self.view = "fleet"
-        self.sort, self.reverse = "node", False
-        self.filter_text = ""
-        self.row_filter = topview.RowFilter()
+        self.state = topstate.TopState(metric=cfg.metric)
         self.requests: list[tuple[str, SilenceRequest]] = []  # published, not yet active
         self.nodes: TableFiller
         self.alert_table: TableFiller
@@ -477,34 +411,26 @@ class TopApp(App[None]):
         if not force and self.live.version == self._drawn_version:
             return
         self._drawn_version, self._drawn_ns = self.live.version, now
+        for request in topalerts.settle(self.requests, self.live, now):
+            self.say(f"silence active: {topalerts.describe_request(request)}")
         if isinstance(screen, DetailScreen):
             screen.draw(now)
         elif isinstance(screen, MainScreen):
             self._draw_main(screen, now)
 
     def _rows(self, now: int) -> list[topview.NodeRow]:
-        rows = [r for r in topview.build_rows(self.live, now) if self.row_filter.matches(r)]
-        return topview.sort_rows(rows, self.sort, self.reverse)
+        st = self.state
+        rows = [r for r in topview.build_rows(self.live, now) if st.row_filter.matches(r)]
+        return topview.sort_rows(rows, st.sort, st.reverse)
 
     def _draw_main(self, screen: MainScreen, now: int) -> None:
-        totals_nodes = None
-        if self.row_filter.cluster is not None:
-            totals_nodes = [n for n in self.live.nodes.values()
-                            if n.cluster == self.row_filter.cluster]  # fmt: skip
+        totals_nodes, cluster = None, self.state.row_filter.cluster
+        if cluster is not None:
+            totals_nodes = [n for n in self.live.nodes.values() if n.cluster == cluster]
         totals = self.live.totals(now, totals_nodes)
         screen.query_one("#totals", Static).update(_c(topview.totals_line(totals)))
-        view = self.view
-        arrow = "↑" if self.reverse else "↓"
-        shown = self.row_filter.describe() or "none"
-        tabs = [
-            (f" {i + 1} {v} ", "reverse bold" if v == view else "") for i, v in enumerate(VIEWS)
-        ]
-        screen.query_one("#viewbar", Static).update(
-            _c(
-                [*tabs, (f"   sort {self.sort} {arrow}   filter: {shown}", "")]
-                + [(f"   heatmap: {METRIC_SPECS[self.metric].label}", "")] * (view == "fleet")
-            )
-        )
+        view, metric = self.state.view, self.state.metric
+        screen.query_one("#viewbar", Static).update(_c(topstate.viewbar(self.state)))
         if view == "alerts":
             self._draw_alerts(screen, now)
             return
@@ -514,8 +440,8 @@ class TopApp(App[None]):
             return
         heat = screen.query_one("#heatmap", Static)
         width = heat.content_region.width or self.size.width - 4
-        screen.query_one("#legend", Static).update(_c(legend(self.metric)))
-        heat.update(_lines(topview.heatmap(self.live, rows, self.metric, width)) or "no nodes")
+        screen.query_one("#legend", Static).update(_c(legend(metric)))
+        heat.update(_lines(topview.heatmap(self.live, rows, metric, width)) or "no nodes")
 
     def _draw_alerts(self, screen: MainScreen, now: int) -> None:
         rows = topalerts.alert_rows(self.live, now)
@@ -525,11 +451,6 @@ class TopApp(App[None]):
             _c([("Active silences\n", "bold")]) + _lines(silences) if silences
             else "No active silences"
         )  # fmt: skip
-        for cluster, request in list(self.requests):
-            listed = self.live.silences.get(cluster)
-            if listed and topalerts.is_active(request, listed.silences, now):
-                self.requests.remove((cluster, request))
-                self.say(f"silence active: {topalerts.describe_request(request)}")
 
     def say(self, text: str, *, error: bool = False) -> None:
         """One line above the status bar: what just happened, or what went wrong."""
@@ -538,13 +459,11 @@ class TopApp(App[None]):
 
     def set_filter(self, text: str) -> None:
         """Apply what was typed on the filter line; a bad regex keeps the old filter."""
-        f = self.row_filter
         try:
-            self.row_filter = topview.make_filter(text, f.cluster, f.alerts)
+            self.state.set_filter(text)
         except topview.FilterError as exc:
             self.say(str(exc), error=True)
             return
-        self.filter_text = text.strip()
         self.say("")
         self.redraw(force=True)
 
@@ -552,21 +471,15 @@ class TopApp(App[None]):
     def silence_selected(self) -> None:
         """Open the silence dialog for the selected alert, or say why it cannot be."""
         screen = self.screen
-        if not isinstance(screen, MainScreen) or self.view != "alerts":
+        if not isinstance(screen, MainScreen) or self.state.view != "alerts":
             self.say("x silences the selected alert in the alerts view (3)", error=True)
             return
-        key = self.alert_table.selected()
-        rows = {r.key: r for r in topalerts.alert_rows(self.live, self.clock())}
-        row = rows.get(key or "")
-        if row is None:
-            self.say("no alert selected", error=True)
-            return
-        cluster = row.cluster or ("" if self.cfg.cluster == "+" else self.cfg.cluster)
-        why = topalerts.silence_gate(
-            self.cfg.allow_silence, bool(cluster) and self.live.accepts_silences(cluster), cluster
-        )
-        if why:
-            self.say(why, error=True)
+        try:
+            row, cluster = topalerts.silence_target(
+                self.live, self.alert_table.selected(), self.cfg, self.clock()
+            )
+        except ValueError as exc:
+            self.say(str(exc), error=True)
             return
         dialog = SilenceScreen(
             f"Silence {row.alert.name} ({row.state})",

@@ -267,3 +267,33 @@ def test_totals_and_status_lines() -> None:
     watch.ingest("telemetry/v1/c1/x/report", b"{")
     status = "".join(t for t, _ in topview.status_line(watch, clock(), None))
     assert "- msg/s" in status and "1 rejected: telemetry/v1/c1/x/report" in status
+
+
+def test_keys_change_the_state() -> None:
+    from telemetryd.topstate import TopState, viewbar
+
+    watch, _ = fleet()
+    st = TopState()
+    st.cycle("sort", watch)
+    st.cycle("reverse", watch)
+    st.cycle("cluster", watch)
+    st.cycle("alerts", watch)
+    st.cycle("metric", watch)
+    st.cycle("view", watch)
+    assert (st.sort, st.reverse, st.row_filter.cluster, st.row_filter.alerts, st.metric,
+            st.view) == ("state", True, "c1", "alerting", "temp", "nodes")  # fmt: skip
+    st.sort_by("state")
+    assert st.reverse is False
+    st.sort_by("util")
+    assert (st.sort, st.reverse) == ("util", False)
+    st.set_filter(" ~^gpu ")
+    with pytest.raises(topview.FilterError):
+        st.set_filter("~(")
+    assert st.filter_text == "~^gpu" and st.row_filter.cluster == "c1"
+    bar = "".join(t for t, _ in viewbar(st))
+    assert bar == (
+        " 1 fleet  2 nodes  3 alerts    sort util ↓   "
+        "filter: regex '^gpu', cluster c1, alerts: alerting"
+    )
+    with pytest.raises(ValueError, match="cycle 'x': expected view"):
+        st.cycle("x", watch)

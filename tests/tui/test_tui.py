@@ -74,12 +74,12 @@ async def test_sorting_changes_row_order() -> None:
         await pilot.press("2")
         assert order(app)[:3] == ["c1/gpu-01", "c1/gpu-02", "c1/gpu-03"]
         await pilot.press("s", "s", "s", "s")  # node -> state -> gpus -> util -> power
-        assert app.sort == "power" and order(app)[0] == "c1/gpu-03"
+        assert app.state.sort == "power" and order(app)[0] == "c1/gpu-03"
         await pilot.press("S")
         assert order(app)[0] == "c1/gpu-06"  # least power first; offline and silent last
         assert set(order(app)[-2:]) == {"c1/gpu-04", "c1/gpu-05"}
         await pilot.click("#nodes", offset=(74, 0))  # the "last seen" header
-        assert app.sort == "seen" and order(app)[0] == "c1/gpu-05"
+        assert app.state.sort == "seen" and order(app)[0] == "c1/gpu-05"
         assert "sort seen" in text(app, "#viewbar")
 
 
