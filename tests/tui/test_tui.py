@@ -251,3 +251,33 @@ async def test_silence_is_published_to_the_broker(mosquitto: Mosquitto) -> None:
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+@pytest.mark.integration
+@sync
+async def test_top_follows_the_broker(mosquitto: Mosquitto) -> None:
+    from tests.tui.fleet import report
+
+    app = TopApp(TopConfig(broker=mosquitto.url, refresh=0.1))
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="agent-standin")
+    pub.connect(mosquitto.host, mosquitto.port)
+    pub.loop_start()
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            for _ in range(100):
+                if app.live.connected:
+                    break
+                await asyncio.sleep(0.05)
+            assert app.live.connected
+            pub.publish(
+                "telemetry/v1/c1/gpu-01/report", report("gpu-01", 0, NOW), qos=1
+            ).wait_for_publish()
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if order(app) == ["c1/gpu-01"]:
+                    break
+            assert order(app) == ["c1/gpu-01"]
+            assert text(app, "#status").startswith(f"connected to {mosquitto.url}")
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
