@@ -121,6 +121,34 @@ def collect(
     )
 
 
+@cli.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file ([top] section).",
+)
+@click.option(
+    "--broker", metavar="URL", help="mqtt://[user@]host[:1883] or mqtts://[user@]host[:8883]."
+)
+@click.option("--cluster", metavar="NAME", help="Cluster to watch; + watches every cluster.")
+@click.option("--refresh", type=float, metavar="S", help="Seconds between redraws.")
+def top(
+    config_file: str | None, broker: str | None, cluster: str | None, refresh: float | None
+) -> None:
+    """The fleet live in the terminal: heatmap, nodes, node detail, alerts."""
+    from telemetryd.configload import load
+    from telemetryd.tui import main_top
+
+    loaded = load(config_file, overrides=_overrides(**{
+        "top.broker": ("--broker", broker),
+        "top.cluster": ("--cluster", cluster),
+        "top.refresh": ("--refresh", refresh),
+    }))  # fmt: skip
+    sys.exit(main_top(loaded.config.top))
+
+
 def _common(command: Callable[..., None]) -> Callable[..., None]:
     for option in reversed([
         click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
