@@ -121,6 +121,34 @@ def collect(
     )
 
 
+@cli.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML configuration file ([top] section).",
+)
+@click.option(
+    "--broker", metavar="URL", help="mqtt://[user@]host[:1883] or mqtts://[user@]host[:8883]."
+)
+@click.option("--cluster", metavar="NAME", help="Cluster to watch; + watches every cluster.")
+@click.option("--refresh", type=float, metavar="S", help="Seconds between redraws.")
+def top(
+    config_file: str | None, broker: str | None, cluster: str | None, refresh: float | None
+) -> None:
+    """The fleet live in the terminal: heatmap, nodes, node detail, alerts."""
+    from telemetryd.configload import load
+    from telemetryd.tui import main_top
+
+    loaded = load(config_file, overrides=_overrides(**{
+        "top.broker": ("--broker", broker),
+        "top.cluster": ("--cluster", cluster),
+        "top.refresh": ("--refresh", refresh),
+    }))  # fmt: skip
+    sys.exit(main_top(loaded.config.top))
+
+
 def _common(command: Callable[..., None]) -> Callable[..., None]:
     for option in reversed([
         click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
@@ -212,6 +240,62 @@ def aggregator(
         "aggregator.listen": ("--listen", listen),
     }))  # fmt: skip
     _serve(aggregator_mod.serve, loaded.config.aggregator)
+
+
+@cli.command()
+@click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
+              help="TOML configuration file ([top] section).")  # fmt: skip
+@click.option("--broker", metavar="URL",
+              help="mqtt://[user@]host[:1883] or mqtts://[user@]host[:8883].")  # fmt: skip
+@click.option("--cluster", metavar="NAME", help="Only this cluster.  [default: + (all)]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (docs/status.md).")
+@click.option("--wait", type=float, metavar="S",
+              help="Longest wait for one report from each online node.  [default: 5]")  # fmt: skip
+@click.pass_context
+def status(
+    ctx: click.Context, config_file: str | None, broker: str | None, cluster: str | None,
+    as_json: bool, wait: float | None,
+) -> None:  # fmt: skip
+    """Summarise the fleet once: nodes, GPUs, firing alerts, top consumers.
+
+    Exit code 0 when no alert fires (silenced ones do not count), 1 when one does, 2 on
+    bad usage or when the broker cannot be reached.
+    """
+    import asyncio
+    import os
+    import socket
+
+    from telemetryd import status as status_mod
+    from telemetryd.codec import encode_json
+    from telemetryd.configload import load
+    from telemetryd.connect import mqtt_settings
+    from telemetryd.urls import UrlError
+
+    loaded = load(config_file, overrides=_overrides(**{
+        "top.broker": ("--broker", broker),
+        "top.cluster": ("--cluster", cluster),
+        "top.wait": ("--wait", wait),
+    }))  # fmt: skip
+    cfg = loaded.config.top
+    status_mod.check_cluster(cfg.cluster)
+    try:
+        settings = mqtt_settings(
+            cfg, client_id=f"telemetryd-status-{socket.gethostname()}-{os.getpid()}"
+        )
+    except UrlError as exc:
+        raise ConfigError([f"{'option --broker' if broker else 'top.broker'}: {exc}"]) from None
+    try:
+        doc = asyncio.run(status_mod.status(settings, cfg))
+    except status_mod.BrokerUnreachable as exc:
+        click.echo(f"telemetryd status: {exc}", err=True)
+        ctx.exit(2)
+    if as_json:
+        click.echo(encode_json(doc).decode())
+    else:
+        from telemetryd.console import print_status
+
+        print_status(doc)
+    ctx.exit(doc.exit_code)
 
 
 @cli.group(invoke_without_command=True)

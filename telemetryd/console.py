@@ -179,3 +179,133 @@ def print_report(report: Report, file: TextIO | None = None) -> None:
         console.print(Text(f"error in {error.source}: {error.message}", style="red"))
     for source, reason in (report.absent or {}).items():
         console.print(Text(f"absent: {source}: {reason}", style="dim"))
+
+
+# -- telemetryd status ---------------------------------------------------------------------------
+from typing import TYPE_CHECKING  # noqa: E402 - this section was appended; see print_status
+
+if TYPE_CHECKING:
+    from telemetryd.statusdoc import NodeRef, StatusDoc
+
+_SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def _ago(ns: int | None, now_ns: int) -> str:
+    if not ns:
+        return "-"
+    seconds = max(0, round((now_ns - ns) / 1e9))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    if seconds < 172800:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+def status_lines(doc: StatusDoc) -> list[Text | Table]:
+    """``telemetryd status`` for a person: counts, then what needs a look, then who uses most.
+
+    Node names carry their cluster only when the answer spans several clusters.
+    """
+    qualify = len(doc.clusters) > 1
+
+    def name(cluster: str | None, node: str | None) -> str:
+        return f"{cluster}/{node}" if qualify and cluster else node or "-"
+
+    def listed(refs: list[NodeRef], why: bool) -> str:
+        names = [name(r.cluster, r.node) + (f" ({r.reason})" if why and r.reason else "")
+                 for r in refs]  # fmt: skip
+        return ": " + ", ".join(names[:8]) + (f" +{len(names) - 8}" if len(names) > 8 else "")
+
+    a, n, g = doc.alerts, doc.nodes, doc.gpus
+    out: list[Text | Table] = []
+    if not a.known:
+        verdict = Text("ALERTS UNKNOWN", style="yellow")
+    elif a.firing:
+        by = ", ".join(f"{c} {s}" for s, c in a.firing_by_severity.items() if c)
+        verdict = Text(f"FIRING {len(a.firing)} ({by})", style="bold red")
+    else:
+        verdict = Text("OK", style="bold green")
+    where = "all clusters" if doc.cluster == "+" else f"cluster {doc.cluster}"
+    header = Text.assemble(
+        verdict,
+        f"  {n.online}/{n.total} nodes online, {g.ok}/{g.total} GPUs ok, {g.power_w:,.0f} W"
+        f"  ({doc.broker}, {where}, {doc.generated}" + (")" if doc.complete else ", incomplete)"),
+    )
+    out.append(header)
+    nodes = Text(f"nodes   {n.online} online")
+    for count, state, refs, style in (
+        (n.offline, "offline", n.offline_nodes, "bold red"),
+        (n.silent, "silent", n.silent_nodes, "yellow"),
+        (n.unknown, "unknown", n.unknown_nodes, "dim"),
+    ):
+        nodes.append(", ")
+        shown = listed(refs, why=state == "offline") if refs else ""
+        nodes.append(f"{count} {state}{shown}", style if count else "")
+    out.append(nodes)
+    util = "-" if g.util_mean_pct is None else f"{g.util_mean_pct:.0f}%"
+    gpus = Text(f"GPUs    {g.busy} busy, {g.light} light, {g.idle} idle")
+    if g.util_unknown:
+        gpus.append(f", {g.util_unknown} without utilisation")
+    gpus.append(f"; {g.throttled} throttled", "yellow" if g.throttled else "")
+    gpus.append(f"; {g.failed} failed", "bold red" if g.failed else "")
+    if g.failed_gpus:
+        gpus.append(": " + ", ".join(f"{name(f.cluster, f.node)} GPU {f.gpu} ({f.error})"
+                                     for f in g.failed_gpus[:8]), "bold red")  # fmt: skip
+    gpus.append(f"; mean util {util}")
+    out.append(gpus)
+    out.append(Text(f"alerts  {len(a.firing)} firing, {a.pending} pending, {a.silenced} silenced"
+                    if a.known else "alerts  unknown (no aggregator summary)"))  # fmt: skip
+    if a.firing:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("SEVERITY", "ALERT", "NODE", "GPU", "SINCE", "SUMMARY"):
+            table.add_column(column, no_wrap=column != "SUMMARY")
+        for alert in a.firing:
+            table.add_row(
+                Text(alert.severity, style=_SEVERITY_STYLE.get(alert.severity, "")),
+                alert.name, name(alert.cluster, alert.node),
+                "-" if alert.gpu is None else str(alert.gpu),
+                _ago(alert.since_ns, doc.generated_ns), alert.summary,
+            )  # fmt: skip
+        out.append(table)
+    top = doc.top
+    if top.nodes_by_power or top.gpus_by_power:
+        table = Table(box=None, pad_edge=False, header_style="bold", title_justify="left",
+                      title="top consumers by power: nodes, then GPUs")  # fmt: skip
+        for column in ("NODE", "GPU", "MODEL", "POWER W", "TEMP °C", "UTIL %"):
+            right = column.endswith(("W", "C", "%"))
+            table.add_column(column, no_wrap=True, justify="right" if right else "left")
+        for u in top.nodes_by_power:
+            table.add_row(name(u.cluster, u.node), f"all {u.gpus}", "", _num(u.power_w),
+                          _num(u.temp_max_c), _num(u.util_mean_pct))  # fmt: skip
+        if top.nodes_by_power and top.gpus_by_power:
+            table.add_section()
+        for gu in top.gpus_by_power:
+            table.add_row(name(gu.cluster, gu.node), str(gu.gpu), gu.model.removeprefix("NVIDIA "),
+                          _num(gu.power_w), _num(gu.temp_c), _num(gu.util_pct))  # fmt: skip
+        out.append(table)
+    if top.gpus_by_temp:
+        hottest = ", ".join(f"{name(t.cluster, t.node)} GPU {t.gpu} {_num(t.temp_c)} °C"
+                            for t in top.gpus_by_temp)  # fmt: skip
+        out.append(Text(f"hottest {hottest}"))
+    out.extend(Text(f"warning: {w}", style="yellow") for w in doc.warnings)
+    return out
+
+
+def print_status(doc: StatusDoc, file: TextIO | None = None) -> None:
+    """Print the status summary for a person.
+
+    On a terminal: in colour, as wide as it is. Elsewhere (a pipe, a file, an SSH command
+    in a script): plain text, 160 columns, without the padding rich leaves at line ends.
+    """
+    import io
+
+    out = file or sys.stdout
+    tty = out.isatty()
+    target: TextIO = out if tty else io.StringIO()
+    console = Console(file=target, width=None if tty else 160, highlight=False)
+    for part in status_lines(doc):
+        console.print(part)
+    if isinstance(target, io.StringIO):
+        out.write("".join(line.rstrip() + "\n" for line in target.getvalue().splitlines()))

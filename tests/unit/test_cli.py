@@ -198,7 +198,7 @@ def test_help_lists_commands_and_options() -> None:
 def test_help_through_main(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = call(["config", "sample", "--help"], capsys)
     assert (code, err) == (0, "")
-    assert out.startswith("Usage: telemetryd config sample [OPTIONS] {agent|aggregator|broker}")
+    assert out.startswith("Usage: telemetryd config sample [OPTIONS] {agent|aggregator|broker|top}")
 
 
 @pytest.mark.parametrize(
@@ -220,8 +220,8 @@ BAD_USAGE = [
     (["config", "check"], "telemetryd config check: Missing argument 'FILE'."),
     (
         ["config", "sample", "foo"],
-        "telemetryd config sample: Invalid value for '{agent|aggregator|broker}': "
-        "'foo' is not one of 'agent', 'aggregator', 'broker'.",
+        "telemetryd config sample: Invalid value for '{agent|aggregator|broker|top}': "
+        "'foo' is not one of 'agent', 'aggregator', 'broker', 'top'.",
     ),
     (["nosuch"], "telemetryd: No such command 'nosuch'."),
     (["collect", "--gpus", "abc"], "telemetryd collect: Invalid value for '--gpus': 'abc'"),

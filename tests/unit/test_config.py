@@ -84,7 +84,7 @@ def backends() -> str:
 def test_defaults_load_without_file_or_environment() -> None:
     loaded = load(None, env={})
     assert loaded.config == Config()
-    assert loaded.sections == ("agent", "aggregator", "broker")
+    assert loaded.sections == ("agent", "aggregator", "broker", "top")
     assert loaded.config.agent.cluster == "default"
     assert loaded.config.agent.sim.gpus == 8
 
