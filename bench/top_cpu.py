@@ -374,6 +374,10 @@ def run_tui(name: str, command: str, side: Side, args: argparse.Namespace,
         rss = peak_rss_mib(pid)
         screen = tmux.screen()
     finally:
+        with contextlib.suppress(subprocess.CalledProcessError, psutil.Error):
+            if args.quit_key:  # a clean exit first (a profiler wrapping it gets to write)
+                tmux("send-keys", "-t", "bench", args.quit_key)
+                proc.wait(5)
         tmux.stop()
         with contextlib.suppress(psutil.Error):
             try:
@@ -449,6 +453,7 @@ def parse_args() -> argparse.Namespace:
                         help="the viewer run in tmux (default: telemetryd top)")  # fmt: skip
     parser.add_argument("--target-name", default="",
                         help="its name in the output (default: from the command)")  # fmt: skip
+    parser.add_argument("--quit-key", default="q", help="sent to the viewer at the end")
     parser.add_argument("--headless-cmd", default="", help="the viewer without a terminal")
     return parser.parse_args()
 
