@@ -246,6 +246,13 @@ class MqttSession:
         except aiomqtt.MqttError as exc:
             raise MqttUnavailable(f"subscribe failed: {exc}") from None
 
+    async def unsubscribe(self, filters: list[str]) -> None:
+        """Drop filters a persistent session may still hold from an earlier configuration."""
+        try:
+            await self._live().unsubscribe(filters)
+        except aiomqtt.MqttError as exc:
+            raise MqttUnavailable(f"unsubscribe failed: {exc}") from None
+
     async def messages(self) -> AsyncIterator[Message]:
         """Received messages, in order, until the connection drops (MqttUnavailable)."""
         client = self._live()
