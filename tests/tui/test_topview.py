@@ -7,7 +7,7 @@ import math
 import pytest
 
 from telemetryd import topalerts, topdetail, topfmt, topview
-from telemetryd.alerting.wire import SilenceInfo
+from telemetryd.alerting.wire import SilenceInfo, request_silence_id
 from telemetryd.watchwire import EventView, GpuSample
 from tests.tui.fleet import NOW, S, fleet
 
@@ -246,12 +246,14 @@ def test_silence_request_building() -> None:
 
 def test_request_recognised_once_active() -> None:
     request = topalerts.build_request('node="n1", alertname="A"', "2h", "", "op@h", "x" * 8)
-    info = SilenceInfo(id="s9", matchers=["alertname=A", 'node="n1"'], starts_ns=NOW,
+    made = request_silence_id(request.request_id)
+    info = SilenceInfo(id=made, matchers=["alertname=A", 'node="n1"'], starts_ns=NOW,
                        ends_ns=NOW + 10 * S, created_by="op@h")  # fmt: skip
     assert topalerts.is_active(request, [info], NOW)
     assert not topalerts.is_active(request, [info], NOW + 11 * S)
-    other = SilenceInfo(id="s8", matchers=['node="n1"'], starts_ns=NOW, ends_ns=NOW + 10 * S,
-                        created_by="op@h")  # fmt: skip
+    # Someone else's silence with the very same matchers is not this request's.
+    other = SilenceInfo(id="s8", matchers=["alertname=A", 'node="n1"'], starts_ns=NOW,
+                        ends_ns=NOW + 10 * S, created_by="op@h")  # fmt: skip
     assert not topalerts.is_active(request, [other], NOW)
     assert topalerts.describe_request(request) == 'node="n1", alertname="A" for 2h'
 
