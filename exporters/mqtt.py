@@ -170,7 +170,11 @@ class MqttSession:
             if self.settings.version == "5" and _rc(exc) in _UNSUPPORTED_PROTOCOL:
                 log.warning("broker %s refused MQTT 5; using MQTT 3.1.1", self.settings.broker)
                 self.settings.version = "3.1.1"
-                await self._connect()
+                try:
+                    await self._connect()
+                except MqttConnectError as again:
+                    msg = f"broker {self.settings.broker} refused us: {again}"
+                    raise MqttUnavailable(msg) from None
             else:
                 raise MqttUnavailable(f"broker {self.settings.broker} refused us: {exc}") from None
         return self
