@@ -299,3 +299,21 @@ def test_keys_change_the_state() -> None:
     )
     with pytest.raises(ValueError, match="cycle 'x': expected view"):
         st.cycle("x", watch)
+
+
+def test_log_lines_go_to_the_status_bar_not_the_screen(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from telemetryd.logcapture import logs_into
+
+    watch, clock = fleet()
+    logging.getLogger().addHandler(handler := logging.StreamHandler())
+    try:
+        with logs_into(watch.note):
+            logging.getLogger("telemetryd.x").warning("broker %s refused MQTT 5\nmore", "b1")
+            logging.getLogger("telemetryd.x").info("not shown")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert capsys.readouterr().err == ""
+    status = "".join(t for t, _ in topview.status_line(watch, clock(), 1.0))
+    assert "broker b1 refused MQTT 5" in status and "more" not in status
