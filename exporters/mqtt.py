@@ -170,7 +170,11 @@ class MqttSession:
             if self.settings.version == "5" and _rc(exc) in _UNSUPPORTED_PROTOCOL:
                 log.warning("broker %s refused MQTT 5; using MQTT 3.1.1", self.settings.broker)
                 self.settings.version = "3.1.1"
-                await self._connect()
+                try:
+                    await self._connect()
+                except MqttConnectError as again:
+                    msg = f"broker {self.settings.broker} refused us: {again}"
+                    raise MqttUnavailable(msg) from None
             else:
                 raise MqttUnavailable(f"broker {self.settings.broker} refused us: {exc}") from None
         return self
@@ -245,6 +249,13 @@ class MqttSession:
             await self._live().subscribe([(f, qos) for f in filters])
         except aiomqtt.MqttError as exc:
             raise MqttUnavailable(f"subscribe failed: {exc}") from None
+
+    async def unsubscribe(self, filters: list[str]) -> None:
+        """Drop filters a persistent session may still hold from an earlier configuration."""
+        try:
+            await self._live().unsubscribe(filters)
+        except aiomqtt.MqttError as exc:
+            raise MqttUnavailable(f"unsubscribe failed: {exc}") from None
 
     async def messages(self) -> AsyncIterator[Message]:
         """Received messages, in order, until the connection drops (MqttUnavailable)."""

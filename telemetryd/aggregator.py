@@ -40,13 +40,14 @@ from telemetryd.model import EventMessage, Report, Status
 from telemetryd.names import sanitize_hostname
 from telemetryd.service import stopped_within
 from telemetryd.sinkrunner import Feed, SinkRunner, cursor_file
-from telemetryd.topics import fleet_event_topic, fleet_topic, subscriptions
+from telemetryd.topics import fleet_event_topic, fleet_topic, request_cluster, subscriptions
 from telemetryd.urls import UrlError, parse_sink_url
 from telemetryd.wal import Wal, WalError
 
 if TYPE_CHECKING:
     from exporters.prometheus import FleetCollector
     from telemetryd.alerting.expr import Value
+    from telemetryd.alerting.panel import Panel
     from telemetryd.alerting.service import AlertService
 
 log = logging.getLogger(__name__)
@@ -115,9 +116,13 @@ class Aggregator:
         reports: list[Report] = []
         statuses: list[Status] = []
         in_batch: set[tuple[str, str, str, int]] = set()
+        requests: list[Message] = []
         for message in batch:
             if message.topic.startswith("$SYS/"):
                 self._broker_counter(message)
+                continue
+            if request_cluster(message.topic) is not None:
+                requests.append(message)  # an operator's silence request, never a report
                 continue
             self.fleet.received += 1
             result = validate(message.topic, message.payload, self.limits, now)
@@ -136,6 +141,8 @@ class Aggregator:
                 statuses.append(result)
             else:
                 self.events += 1
+        if requests:
+            await self._silence_requests(requests, now)
         # Shielded: once the WAL write starts, the bookkeeping that follows it must happen
         # even if the connection drops (which cancels us) - or the feed would skip records.
         done = await asyncio.shield(self._make_durable(payloads, reports, statuses, now, stop))
@@ -215,6 +222,19 @@ class Aggregator:
                 continue
             return True
 
+    def _panel(self) -> Panel | None:
+        return self.alerts.panel if self.alerts is not None else None
+
+    async def _silence_requests(self, requests: list[Message], now: int) -> None:
+        """Applied before they are acknowledged; refused ones join the dead letters."""
+        from telemetryd.alerting.panel import apply_request
+
+        for message in requests:
+            refused = await apply_request(self._panel(), message.topic, message.payload)
+            if refused is not None:
+                self.deadletters.add(message.topic, refused.reason, refused.detail,
+                                     message.payload, now)  # fmt: skip
+
     def _broker_counter(self, message: Message) -> None:
         if message.topic == SYS_DROPPED:
             with contextlib.suppress(ValueError):
@@ -257,6 +277,8 @@ class Aggregator:
                 async with MqttSession(self.settings) as session:
                     await session.subscribe(filters)
                     await session.subscribe([SYS_DROPPED], qos=0)
+                    panel = self._panel()
+                    extra = await panel.subscribe(session, self.cfg.clusters) if panel else []
                     backoff.reset()
                     self._session = session
                     self.mqtt_error = ""
@@ -264,7 +286,8 @@ class Aggregator:
                     if self.alerts is not None:
                         self.alerts.republish()  # a broker without persistence forgot them
                         await self.alerts.publish(session)
-                    log.info("consuming %s from %s", ", ".join(filters), self.settings.broker)
+                    log.info("consuming %s from %s", ", ".join(filters + extra),
+                             self.settings.broker)  # fmt: skip
                     await self._consume(session, stop)
             except* MqttUnavailable as group:
                 failure = str(group.exceptions[0])

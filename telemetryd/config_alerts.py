@@ -70,3 +70,12 @@ class AlertsConfig(_Section):
         str,
         _doc("Base URL of a page about an alert (generatorURL / links). Empty: none."),
     ] = ""
+    mqtt_silences: Annotated[
+        bool,
+        _doc(
+            "Accept silences published on telemetry/v1/<cluster>/_silences/request (what "
+            "telemetryd top sends when its allow_silence is on). Off by default because "
+            "anyone who can publish there can mute alerts: before turning it on, restrict "
+            "that topic with broker ACLs to the operators' user (docs/alerts.md)."
+        ),
+    ] = False

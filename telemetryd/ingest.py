@@ -58,6 +58,12 @@ class Rejected:
 Accepted = Report | EventMessage | Status
 
 
+def decode_reason(exc: DecodeError) -> Reason:
+    """``json`` when the bytes are not JSON at all, ``schema`` when the document is wrong."""
+    json_error = not exc.path and exc.problem.startswith(_JSON_PROBLEMS)
+    return "json" if json_error else "schema"
+
+
 def validate(topic: str, payload: bytes, limits: Limits, now_ns: int) -> Accepted | Rejected:
     """Check a message against its topic, the schema and the clock."""
     if len(payload) > limits.max_payload_bytes:
@@ -74,8 +80,7 @@ def validate(topic: str, payload: bytes, limits: Limits, now_ns: int) -> Accepte
         else:
             message = decode_status(payload)
     except DecodeError as exc:
-        json_error = not exc.path and exc.problem.startswith(_JSON_PROBLEMS)
-        return Rejected("json" if json_error else "schema", str(exc))
+        return Rejected(decode_reason(exc), str(exc))
     if message.node != parsed.node:
         return Rejected("node_mismatch", f"report from {message.node!r} on {parsed.node!r}'s topic")
     if message.cluster != parsed.cluster:

@@ -19,7 +19,12 @@ from telemetryd import topfmt as fmt
 from telemetryd.alerting.durations import format_duration, parse_duration
 from telemetryd.alerting.matchers import parse_matcher, quote
 from telemetryd.alerting.model import SEVERITIES, Alert
-from telemetryd.alerting.wire import SilenceInfo, SilenceRequest, decode_silence_request
+from telemetryd.alerting.wire import (
+    SilenceInfo,
+    SilenceRequest,
+    decode_silence_request,
+    request_silence_id,
+)
 from telemetryd.codec import DecodeError, encode_json
 from telemetryd.config import TopConfig
 from telemetryd.topfmt import Part
@@ -214,20 +219,13 @@ def describe_request(request: SilenceRequest) -> str:
 
 
 def is_active(request: SilenceRequest, silences: list[SilenceInfo], now_ns: int) -> bool:
-    """Whether a silence that this request made is in the aggregator's retained list.
+    """Whether the silence this request made is in the aggregator's retained list.
 
-    The list does not carry request ids, so the silence is recognised by its matchers
-    (compared in one spelling) and author.
+    The aggregator derives the silence's id from the request id (wire.request_silence_id),
+    so the silence is recognised exactly, whoever else silenced the same alerts.
     """
-    wanted = {str(parse_matcher(m)) for m in request.matchers}
-    for s in silences:
-        try:
-            have = {str(parse_matcher(m)) for m in s.matchers}
-        except ValueError:
-            continue
-        if have == wanted and s.created_by == request.created_by and s.ends_ns > now_ns:
-            return True
-    return False
+    wanted = request_silence_id(request.request_id)
+    return any(s.id == wanted and s.ends_ns > now_ns for s in silences)
 
 
 def settle(

@@ -81,6 +81,24 @@ def silence_request_topic(cluster: str) -> str:
     return f"{ROOT}/{cluster}/_silences/request"
 
 
+def silence_request_filters(clusters: list[str]) -> list[str]:
+    """The aggregator's filters for silence requests, when it accepts them.
+
+    Never shared ($share/...), even when reports are: silences live in each aggregator's
+    own state directory, so every aggregator must apply every request to mute the alerts
+    it evaluates (the request id makes the silence the same everywhere).
+    """
+    return [silence_request_topic(c) for c in clusters]
+
+
+def request_cluster(topic: str) -> str | None:
+    """The cluster of a silence-request topic, or None when ``topic`` is not one."""
+    parts = topic.split("/")
+    if len(parts) == 5 and parts[3:] == ["_silences", "request"] and "/".join(parts[:2]) == ROOT:
+        return parts[2]
+    return None
+
+
 def watch_filter(cluster: str) -> str:
     """Everything a viewer (top, status) reads of ``cluster`` ("+" for all clusters)."""
     return f"{ROOT}/{cluster}/#"

@@ -36,6 +36,7 @@ from telemetryd.alerting.wire import SilenceRequest
 from telemetryd.codec import encode_json
 from telemetryd.config import TopConfig
 from telemetryd.connect import mqtt_settings
+from telemetryd.logcapture import logs_into
 from telemetryd.topfmt import Part, legend
 from telemetryd.topics import silence_request_topic
 from telemetryd.watch import Watch
@@ -517,11 +518,14 @@ class TopApp(App[None]):
 
 async def run_top(cfg: TopConfig, *, title: str = "") -> None:
     """Run ``top`` until the operator quits (in the running event loop, e.g. the demo's)."""
-    await TopApp(cfg, title=title).run_async()
+    app = TopApp(cfg, title=title)
+    with logs_into(app.live.note):
+        await app.run_async()
 
 
 def main_top(cfg: TopConfig) -> int:
     """The CLI's entry: run ``top`` in a fresh event loop; the exit code."""
     app = TopApp(cfg)
-    app.run()
+    with logs_into(app.live.note):
+        app.run()
     return app.return_code or 0

@@ -158,6 +158,7 @@ class Watch:
         self.messages = 0
         self.rejected: Counter[str] = Counter()
         self.last_problem = ""
+        self.notice = ""  # the newest warning of the viewer itself (a log line)
         self.version = 0  # bumped by every change a view may want to redraw
         self.alerts_version = 0
         self.connection = "connecting"
@@ -285,6 +286,11 @@ class Watch:
         else:
             self.silences.pop(cluster, None)
         self.alerts_version += 1
+
+    def note(self, line: str) -> None:
+        """Keep the viewer's own newest warning, for a UI to show instead of printing it."""
+        self.notice = line
+        self.version += 1
 
     # -- reading ---------------------------------------------------------------------------
     def node_state(self, node: NodeState, now_ns: int | None = None) -> NodeStateName:

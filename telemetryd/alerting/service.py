@@ -6,6 +6,7 @@ Each change goes two ways at once: to the dispatcher (routing, hooks) and to ret
 ``telemetry/v1/<cluster>/_alerts/<fingerprint>`` topics, where ``telemetryd top`` reads
 the firing alerts without any other API. Which fingerprints have a retained message is
 saved with the state, so one that resolved while the aggregator was down is cleared.
+Pending alerts and silences go out as one retained list per cluster (panel.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from telemetryd.topics import alert_topic
 if TYPE_CHECKING:
     from exporters.mqtt import MqttSession
     from telemetryd.alerting.dispatch import Dispatcher
+    from telemetryd.alerting.panel import Panel
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,12 @@ class AlertService:
         engine: Engine,
         *,
         dispatcher: Dispatcher | None = None,
+        panel: Panel | None = None,
     ) -> None:
         self.cfg = cfg
         self.engine = engine
         self.dispatcher = dispatcher
+        self.panel = panel  # retained _pending and _silences, silence requests
         self.published: set[str] = set()  # topics that hold a retained alert
         self._outbox: dict[str, Alert] = {}  # to publish (firing) or clear (resolved)
         self._stale: set[str] = set()  # retained topics to clear, whatever their cluster
@@ -94,9 +98,11 @@ class AlertService:
         return [cluster] if cluster else self.engine.fleet.clusters()
 
     async def publish(self, session: MqttSession) -> None:
-        """Publish what changed: firing alerts retained, resolved ones cleared."""
+        """Publish what changed: firing alerts retained, resolved ones cleared; the panel."""
         async with self._publishing:
             await self._publish(session)
+        if self.panel is not None:
+            await self.panel.publish(session)  # rate-limited; never raises MqttUnavailable
 
     async def _publish(self, session: MqttSession) -> None:
         while self._stale:
@@ -124,6 +130,8 @@ class AlertService:
         have resolved while this aggregator was down: the topics it published are saved
         with its state, so the ones that no longer fire are cleared exactly.
         """
+        if self.panel is not None:
+            self.panel.republish()
         firing = {a.fingerprint: a for a in self.engine.firing()}
         self._stale |= {t for t in self.published if t.rsplit("/", 1)[-1] not in firing}
         for fp, alert in firing.items():
@@ -161,6 +169,7 @@ def open_alerts(cfg: AlertsConfig, fleet: Fleet, directory: Path, *, name: str) 
     from exporters.hooks import make_hook
     from telemetryd.alerting.delivery import Delivery
     from telemetryd.alerting.dispatch import Dispatcher
+    from telemetryd.alerting.panel import Panel
     from telemetryd.alerting.routing import EMPTY, load_routing
     from telemetryd.alerting.silences import SilenceStore
 
@@ -173,6 +182,8 @@ def open_alerts(cfg: AlertsConfig, fleet: Fleet, directory: Path, *, name: str) 
     alerts_dir = directory / "alerts"
     alerts_dir.mkdir(parents=True, exist_ok=True)
     delivery = Delivery(hooks, alerts_dir, receivers=routing.receivers)
-    dispatcher = Dispatcher(routing, delivery, alerts_dir, silences=SilenceStore(alerts_dir),
+    silences = SilenceStore(alerts_dir)
+    dispatcher = Dispatcher(routing, delivery, alerts_dir, silences=silences,
                             external_url=cfg.external_url)  # fmt: skip
-    return AlertService(cfg, engine, dispatcher=dispatcher)
+    panel = Panel(engine, silences, accepts_requests=cfg.mqtt_silences)
+    return AlertService(cfg, engine, dispatcher=dispatcher, panel=panel)

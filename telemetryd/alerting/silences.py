@@ -169,11 +169,14 @@ class SilenceStore:
         created_by: str,
         comment: str,
         starts_ns: int | None = None,
+        silence_id: str | None = None,
     ) -> Silence:
         """Add a silence and write the file; SilenceError names what is wrong with it.
 
         Like Alertmanager, at least one matcher must not match an empty label, so a silence
-        cannot mute every alert by accident.
+        cannot mute every alert by accident. With ``silence_id`` (derived from a request's
+        id) adding is idempotent: if a silence of that id is kept, even expired, it is
+        returned unchanged, so a request delivered twice mutes once.
         """
         now = self.clock.time_ns()
         try:
@@ -193,11 +196,11 @@ class SilenceStore:
         if not created_by.strip():
             raise SilenceError("a silence needs its author (created_by)")
         silence = Silence(
-            id=str(uuid.uuid4()), matchers=parsed, starts_ns=starts, ends_ns=ends_ns,
+            id=silence_id or str(uuid.uuid4()), matchers=parsed, starts_ns=starts, ends_ns=ends_ns,
             created_by=created_by, comment=comment, created_ns=now,
         )  # fmt: skip
         with self._locked() as current:
-            current[silence.id] = silence
+            silence = current.setdefault(silence.id, silence)
         return silence
 
     def expire(self, id_or_prefix: str) -> Silence:

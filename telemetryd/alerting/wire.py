@@ -10,12 +10,15 @@ aggregator applies it only when its own configuration accepts silences over MQTT
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 from telemetryd.alerting.model import Alert
 from telemetryd.codec import Meta, Struct, field, json_decoder
 
 MAX_PENDING = 500  # alerts listed in one _pending message; the rest are counted
+# Silences added from requests get ids derived from the request id (uuid5 in this space).
+_REQUEST_IDS = uuid.uuid5(uuid.NAMESPACE_URL, "telemetryd:silence-request")
 
 
 class PendingAlerts(Struct, kw_only=True, omit_defaults=True):
@@ -68,3 +71,13 @@ decode_pending = json_decoder(PendingAlerts)
 decode_silences = json_decoder(Silences)
 decode_silence_request = json_decoder(SilenceRequest)
 decode_alert = json_decoder(Alert)
+
+
+def request_silence_id(request_id: str) -> str:
+    """The id of the silence a request adds: the same request always makes the same id.
+
+    This is what makes a redelivered request harmless (the store adds an id it already
+    keeps once), and it lets the requester find its silence in ``_silences`` without
+    waiting for an answer: every aggregator that applies the request uses this id.
+    """
+    return str(uuid.uuid5(_REQUEST_IDS, request_id))

@@ -79,11 +79,11 @@ class Site:
         return client
 
     def operator(
-        self, username: str | None = "operator", password: str | None = None
+        self, username: str | None = "operator", password: str | None = None, client_id: str = "tui"
     ) -> SyncClient:
         return SyncClient(
             self.operator_port,
-            client_id="tui",
+            client_id=client_id,
             ca_file=self.certs.ca_file,
             username=username,
             password=OPERATOR_PASSWORD if password is None else password,
@@ -131,7 +131,9 @@ def example_config(
 
 @pytest.fixture
 def site(mosquitto_factory: MosquittoFactory, certs: Certs, tmp_path: Path) -> Site:
-    password_file = make_password_file(tmp_path / "passwd", {"operator": OPERATOR_PASSWORD})
+    password_file = make_password_file(
+        tmp_path / "passwd", {"operator": OPERATOR_PASSWORD, "oncall": OPERATOR_PASSWORD}
+    )
     port, operator_port = free_port(), free_port()
     broker = mosquitto_factory(
         port=port,
@@ -305,6 +307,9 @@ def test_aggregator_writes_fleet_and_alerts_but_not_node_topics(site: Site) -> N
         assert agg.publish(FLEET, b"summary", retain=True) == 0
         assert agg.publish("telemetry/v1/c1/_fleet/event", b"gpu gone") == 0
         assert agg.publish("telemetry/v1/c1/_alerts/deadbeef", b"firing", retain=True) == 0
+        assert agg.publish("telemetry/v1/c1/_pending", b"pending", retain=True) == 0
+        assert agg.publish("telemetry/v1/c1/_silences", b"silences", retain=True) == 0
+        assert agg.publish("telemetry/v1/c1/_silences/request", b"mute") == NOT_AUTHORIZED
         assert agg.publish(REPORT, b"forged") == NOT_AUTHORIZED
         assert agg.publish(STATUS, b"offline") == NOT_AUTHORIZED
         assert agg.publish("telemetry/v1/c1/aggregator/report", b"as a node") == NOT_AUTHORIZED
@@ -314,6 +319,8 @@ def test_aggregator_writes_fleet_and_alerts_but_not_node_topics(site: Site) -> N
             FLEET,
             "telemetry/v1/c1/_fleet/event",
             "telemetry/v1/c1/_alerts/deadbeef",
+            "telemetry/v1/c1/_pending",
+            "telemetry/v1/c1/_silences",
         ]
 
 
@@ -331,6 +338,26 @@ def test_operator_reads_telemetry_and_writes_nothing(site: Site) -> None:
         for topic in (REPORT, FLEET, "telemetry/v1/c1/_alerts/x", "elsewhere/x", own_name):
             assert tui.publish(topic, b"no") == NOT_AUTHORIZED
         assert _topics(tui) == []  # and no $SYS
+
+
+def test_only_the_oncall_account_asks_the_aggregator_for_silences(site: Site) -> None:
+    request = "telemetry/v1/c1/_silences/request"
+    with (
+        site.aggregator() as agg,
+        site.operator() as tui,
+        site.operator("oncall", client_id="tui-oncall") as oncall,
+    ):
+        assert tui.connect() == 0 and oncall.connect() == 0
+        agg.subscribe("telemetry/v1/+/_silences/request")
+        oncall.subscribe("telemetry/v1/#")
+        assert tui.publish(request, b"mute") == NOT_AUTHORIZED  # read-only operators
+        assert oncall.publish(request, b"mute") == 0
+        assert agg.wait_for(request).payload == b"mute"
+        own_name = "telemetry/v1/c1/oncall/report"
+        for topic in (REPORT, FLEET, "telemetry/v1/c1/_silences", "telemetry/v1/c1/_alerts/x",
+                      own_name):  # fmt: skip
+            assert oncall.publish(topic, b"no") == NOT_AUTHORIZED
+        assert _topics(oncall) == [request]  # it reads like an operator (its own request)
 
 
 @pytest.mark.parametrize(

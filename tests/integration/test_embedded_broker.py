@@ -247,6 +247,28 @@ def test_password_auth(tmp_path: Path) -> None:
     run(main())
 
 
+def test_a_wrong_password_after_the_mqtt5_fallback_is_one_clear_error(tmp_path: Path) -> None:
+    """amqtt refuses MQTT 5, then refuses the 3.1.1 retry for the password: still one line."""
+    from exporters.mqtt import MqttSession, MqttSettings, MqttUnavailable
+    from telemetryd.secrets import Secret
+    from telemetryd.urls import parse_broker_url
+
+    async def main() -> None:
+        async with broker(password_file=str(_password_file(tmp_path))) as port:
+            settings = MqttSettings(
+                broker=parse_broker_url(f"mqtt://agent@127.0.0.1:{port}"),
+                client_id="wrong-pw", password=Secret("wrong"), timeout=5,
+            )  # fmt: skip
+            with pytest.raises(
+                MqttUnavailable, match=r"^broker mqtt://agent@127\.0\.0\.1:\d+ refused us: .*"
+            ):
+                async with MqttSession(settings):
+                    pass
+            assert settings.version == "3.1.1"
+
+    run(main())
+
+
 def test_a_refused_client_cannot_wipe_or_steal_a_session(tmp_path: Path) -> None:
     """amqtt resets/takes over a client id's session before authenticating; we don't let
     an unauthenticated CONNECT get that far."""

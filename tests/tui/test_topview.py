@@ -7,7 +7,7 @@ import math
 import pytest
 
 from telemetryd import topalerts, topdetail, topfmt, topview
-from telemetryd.alerting.wire import SilenceInfo
+from telemetryd.alerting.wire import SilenceInfo, request_silence_id
 from telemetryd.watchwire import EventView, GpuSample
 from tests.tui.fleet import NOW, S, fleet
 
@@ -246,12 +246,14 @@ def test_silence_request_building() -> None:
 
 def test_request_recognised_once_active() -> None:
     request = topalerts.build_request('node="n1", alertname="A"', "2h", "", "op@h", "x" * 8)
-    info = SilenceInfo(id="s9", matchers=["alertname=A", 'node="n1"'], starts_ns=NOW,
+    made = request_silence_id(request.request_id)
+    info = SilenceInfo(id=made, matchers=["alertname=A", 'node="n1"'], starts_ns=NOW,
                        ends_ns=NOW + 10 * S, created_by="op@h")  # fmt: skip
     assert topalerts.is_active(request, [info], NOW)
     assert not topalerts.is_active(request, [info], NOW + 11 * S)
-    other = SilenceInfo(id="s8", matchers=['node="n1"'], starts_ns=NOW, ends_ns=NOW + 10 * S,
-                        created_by="op@h")  # fmt: skip
+    # Someone else's silence with the very same matchers is not this request's.
+    other = SilenceInfo(id="s8", matchers=["alertname=A", 'node="n1"'], starts_ns=NOW,
+                        ends_ns=NOW + 10 * S, created_by="op@h")  # fmt: skip
     assert not topalerts.is_active(request, [other], NOW)
     assert topalerts.describe_request(request) == 'node="n1", alertname="A" for 2h'
 
@@ -297,3 +299,21 @@ def test_keys_change_the_state() -> None:
     )
     with pytest.raises(ValueError, match="cycle 'x': expected view"):
         st.cycle("x", watch)
+
+
+def test_log_lines_go_to_the_status_bar_not_the_screen(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from telemetryd.logcapture import logs_into
+
+    watch, clock = fleet()
+    logging.getLogger().addHandler(handler := logging.StreamHandler())
+    try:
+        with logs_into(watch.note):
+            logging.getLogger("telemetryd.x").warning("broker %s refused MQTT 5\nmore", "b1")
+            logging.getLogger("telemetryd.x").info("not shown")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert capsys.readouterr().err == ""
+    status = "".join(t for t, _ in topview.status_line(watch, clock(), 1.0))
+    assert "broker b1 refused MQTT 5" in status and "more" not in status

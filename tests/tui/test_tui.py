@@ -13,7 +13,12 @@ import pytest
 from textual.content import Content
 from textual.widgets import DataTable, Input, Static
 
-from telemetryd.alerting.wire import SilenceInfo, Silences, decode_silence_request
+from telemetryd.alerting.wire import (
+    SilenceInfo,
+    Silences,
+    decode_silence_request,
+    request_silence_id,
+)
 from telemetryd.codec import encode_json
 from telemetryd.config import TopConfig
 from telemetryd.tui import DetailScreen, HelpScreen, SilenceScreen, TopApp
@@ -240,7 +245,8 @@ async def test_silence_is_published_to_the_broker(mosquitto: Mosquitto) -> None:
             assert request.duration_s == 1800 and request.comment == "card swap at 14:00"
             assert "@" in request.created_by and json.loads(payload)["schema"] == 1
             # the aggregator lists it in its retained _silences: top says it is active
-            info = SilenceInfo(id="s-2", matchers=request.matchers, starts_ns=NOW,
+            info = SilenceInfo(id=request_silence_id(request.request_id),
+                               matchers=request.matchers, starts_ns=NOW,
                                ends_ns=NOW + 1800 * S, created_by=request.created_by)  # fmt: skip
             app.live.ingest("telemetry/v1/c1/_silences", encode_json(
                 Silences(time_ns=NOW, silences=[info], accepts_requests=True)))  # fmt: skip
