@@ -57,4 +57,5 @@ def format_value(value: float | None) -> str:
         return ""
     if not math.isfinite(value):
         return str(value)
-    return f"{value:.0f}" if value == int(value) else f"{value:.2f}".rstrip("0")
+    # 4.001 rounds to "4.00": strip the point too, or the summary says "4. s"
+    return f"{value:.0f}" if value == int(value) else f"{value:.2f}".rstrip("0").rstrip(".")

@@ -371,5 +371,5 @@ def test_history_is_thinned_and_bounded_but_counts_the_whole_window() -> None:
 def test_values_are_shown_plainly_and_never_break_the_summary() -> None:
     from telemetryd.alerting.active import format_value
 
-    assert [format_value(v) for v in (88.0, 2.5, 0.125, None, float("inf"))] == [
-        "88", "2.5", "0.12", "", "inf"]  # fmt: skip
+    assert [format_value(v) for v in (88.0, 2.5, 0.125, None, float("inf"), 4.001)] == [
+        "88", "2.5", "0.12", "", "inf", "4"]  # fmt: skip
