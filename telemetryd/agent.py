@@ -287,8 +287,15 @@ class Agent:
             group.create_task(self._mqtt_loop(stop), name="agent.mqtt")
 
 
-async def serve(cfg: AgentConfig, stop: asyncio.Event) -> None:
-    """The whole agent: state directory, sources, spool, MQTT; returns after ``stop``."""
+async def serve(
+    cfg: AgentConfig, stop: asyncio.Event, *, publish_timeout: float | None = None
+) -> None:
+    """The whole agent: state directory, sources, spool, MQTT; returns after ``stop``.
+
+    ``publish_timeout`` replaces the usual wait for a PUBACK (MqttSettings.timeout): the
+    demo's stalled link (demo_link.py) holds an agent's reports longer than that, and the
+    agent must wait them out on the same connection instead of reconnecting.
+    """
     directory = statedir.resolve(cfg.state_dir)
     lock = statedir.StateLock(directory, "agent")
     lock.acquire()
@@ -300,6 +307,8 @@ async def serve(cfg: AgentConfig, stop: asyncio.Event) -> None:
         settings = mqtt_settings(
             cfg, client_id=f"telemetryd-agent-{sampler.cluster}-{sampler.node}"
         )
+        if publish_timeout is not None:
+            settings.timeout = publish_timeout
         agent = Agent(sampler, spool, settings, interval=cfg.interval,
                       backlog_rate=cfg.backlog_rate)  # fmt: skip
         log.info(

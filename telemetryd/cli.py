@@ -337,6 +337,76 @@ def broker_passwd(user: str) -> None:
     click.echo(f"{user}:{broker_mod.hash_password(password)}")
 
 
+@cli.command()
+@click.option(
+    "--nodes",
+    type=click.IntRange(4, 64),
+    default=4,
+    show_default=True,
+    help="Simulated nodes (sim-00, sim-01, ...); the scenario needs 4.",
+)
+@click.option(
+    "--gpus",
+    type=click.IntRange(6, 64),
+    default=8,
+    show_default=True,
+    help="Simulated GPUs per node; the scenario needs 6.",
+)
+@click.option(
+    "--broker", metavar="URL", help="Use this broker instead of starting the embedded one."
+)
+@click.option(
+    "--headless",
+    is_flag=True,
+    help="No terminal UI: print alerts as they fire and resolve, then a summary.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    metavar="S",
+    help="Stop S seconds after the scenario starts.  [default: run until quit]",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 5),
+    default=1.0,
+    show_default=True,
+    help="Seconds between a node's reports.",
+)
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Serve the aggregator's /metrics here.  [default: a free loopback port]",
+)
+@click.option(
+    "--keep-state",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Keep spools, WAL and the SQLite store in DIR.  [default: a temporary "
+    "directory, removed at exit]",
+)
+def demo(
+    nodes: int,
+    gpus: int,
+    broker: str | None,
+    headless: bool,
+    duration: float | None,
+    interval: float,
+    listen: str | None,
+    keep_state: str | None,
+) -> int:
+    """The whole system on one machine, following a fault scenario, with top in front.
+
+    With --headless and --duration, exits 0 only if every alert of the scenario fired and
+    resolved (1 otherwise, 130 on Ctrl-C).
+    """
+    from telemetryd.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(nodes=nodes, gpus=gpus, broker=broker, headless=headless,
+                                duration=duration, interval=interval, listen=listen or "",
+                                state_dir=keep_state), out=click.echo)  # fmt: skip
+
+
 def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     from telemetryd.timespec import TimeSpecError, parse_time
 
