@@ -35,9 +35,13 @@ async def follow(
                 watch.version += 1
                 reader = asyncio.create_task(_read(session, watch, on_message), name="watch-read")
                 stopper = asyncio.create_task(stop.wait(), name="watch-stop")
-                done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (reader, stopper):
-                    task.cancel()
+                try:
+                    done, _ = await asyncio.wait(
+                        {reader, stopper}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:  # also when follow itself is cancelled (top quits in the demo):
+                    for task in (reader, stopper):  # a reader left running would fail on
+                        task.cancel()  # the disconnect with nobody to retrieve it
                 if reader in done and not reader.cancelled():
                     reader.result()  # raises MqttUnavailable when the connection dropped
         except MqttUnavailable as exc:
