@@ -44,7 +44,7 @@ from telemetryd.config import (
 from telemetryd.connect import mqtt_settings
 from telemetryd.demo_link import Link
 from telemetryd.demo_parts import Parts, free_port, log_to, state_dir, wait_ready
-from telemetryd.demo_report import AlertLog, Expected, Observer, summary
+from telemetryd.demo_report import TIME_UP, AlertLog, Expected, Observer, summary
 from telemetryd.demo_timeline import SILENCE, Step, timeline
 from telemetryd.errors import ConfigError, TelemetrydError
 from telemetryd.service import run_until_signalled, stopped_within
@@ -235,16 +235,17 @@ class Demo:
                         _agent(self.agent_config(index, url)))  # fmt: skip
         steps = timeline(SCENARIO, silence=link is not None)
         script = asyncio.ensure_future(self._follow(steps, link))
-        interrupted = await self._until_end(signalled, run_top)
+        ended = await self._until_end(signalled, run_top)
         script.cancel()
         if link is not None:
             link.thaw()  # a silent node's goodbye and held reports go through as it stops
         expected = [e for e in EXPECTED if link is not None or e.name != "NodeSilent"]
-        verdict = summary(self.alerts, expected, observer.fleet, interrupted=interrupted)
-        if self.printing:
-            for line in verdict.lines:
-                self.out(line)
-        self.code = 130 if interrupted else (0 if verdict.passed or run_top else 1)
+        verdict = summary(self.alerts, expected, observer.fleet, ended=ended)
+        for line in verdict.lines:  # after top too: the screen is the terminal's again
+            self.out(line)
+        self.code = (
+            130 if signalled.is_set() else 1 if ended == TIME_UP and not verdict.passed else 0
+        )
         await parts.stop_all()
 
     def _header(self, tui: bool) -> None:
@@ -300,27 +301,31 @@ class Demo:
             if self.printing:
                 self.out(f"{self.since_start():+7.1f}s SCENARIO {step.what}")
 
-    async def _until_end(self, signalled: asyncio.Event, run_top: RunTop | None) -> bool:
-        """Wait for the duration, the TUI's quit or a signal; True if it was a signal."""
+    async def _until_end(self, signalled: asyncio.Event, run_top: RunTop | None) -> str:
+        """Wait for the duration, the TUI's quit or a signal; which one (as summary's ended)."""
         if run_top is None:
-            if self.opts.duration:
-                await stopped_within(signalled, self.opts.duration - self.since_start())
-            else:
+            if not self.opts.duration:
                 await signalled.wait()
-            return signalled.is_set()
+            elif not await stopped_within(signalled, self.opts.duration - self.since_start()):
+                return TIME_UP
+            return "interrupted"
         cfg = TopConfig(broker=self.url, mqtt_version=self.version, cluster=self.opts.cluster)
         with log_to(self.directory / "demo.log", keep=self.opts.state_dir is not None):
             top = asyncio.ensure_future(run_top(cfg, title="telemetryd demo"))
             waits: set[asyncio.Future[Any]] = {top, asyncio.ensure_future(signalled.wait())}
             if self.opts.duration:
-                waits.add(asyncio.ensure_future(asyncio.sleep(self.opts.duration)))
+                waits.add(
+                    asyncio.ensure_future(
+                        stopped_within(signalled, self.opts.duration - self.since_start())
+                    )
+                )
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for wait in waits:
                 wait.cancel()
             if top in done:
                 top.result()  # the UI's own failure, if it had one
             await asyncio.gather(top, return_exceptions=True)
-        return signalled.is_set()
+        return "interrupted" if signalled.is_set() else "quit" if top in done else TIME_UP
 
 
 def _agent(cfg: AgentConfig) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:

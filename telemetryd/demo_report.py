@@ -25,6 +25,7 @@ from telemetryd.topics import ROOT, fleet_topic
 
 log = logging.getLogger(__name__)
 
+TIME_UP = "time is up"
 STALE_S = 2.0  # an alert that fired this long before the run began is left from an earlier one
 
 
@@ -132,11 +133,13 @@ def _when(value: float | None) -> str:
 
 
 def summary(
-    alerts: AlertLog, expected: list[Expected], fleet: FleetSummary | None, *, interrupted: bool
+    alerts: AlertLog, expected: list[Expected], fleet: FleetSummary | None, *, ended: str
 ) -> Verdict:
-    """The final report; ``interrupted``: stopped by Ctrl-C rather than by time."""
+    """The final report; ``ended``: why the run stopped (TIME_UP, or "interrupted", "quit").
+
+    Only a run that lasted its whole duration can fail: one stopped early says how far it got.
+    """
     width = max([len(e.label()) for e in expected] + [len("expected alert")]) + 2
-    ended = "interrupted" if interrupted else "time is up"
     lines = [f"summary ({ended}):", f"  {'expected alert':<{width}}{'fired':>9}{'resolved':>10}"]
     done = 0
     for want in expected:
@@ -161,8 +164,8 @@ def summary(
     passed = done == len(expected)
     if passed:
         lines.append("  verdict: PASS, every expected alert fired and resolved")
-    elif interrupted:
-        lines.append(f"  verdict: none, interrupted ({done} of {len(expected)} expected "
+    elif ended != TIME_UP:
+        lines.append(f"  verdict: none, {ended} ({done} of {len(expected)} expected "
                      "alerts fired and resolved so far)")  # fmt: skip
     else:
         lines.append("  verdict: FAIL, an expected alert did not fire, or did not resolve")

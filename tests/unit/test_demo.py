@@ -13,7 +13,7 @@ from telemetryd.cli import cli
 from telemetryd.codec import encode_json
 from telemetryd.demo import EXPECTED, DemoOptions, check
 from telemetryd.demo_link import Link
-from telemetryd.demo_report import AlertLog, Episode, event_line, summary
+from telemetryd.demo_report import TIME_UP, AlertLog, Episode, event_line, summary
 from telemetryd.demo_timeline import SILENCE, timeline
 from telemetryd.errors import ConfigError
 from telemetryd.model import SCHEMA_VERSION, FleetNode, FleetSummary
@@ -160,7 +160,7 @@ def test_the_verdict_passes_only_when_every_expected_alert_fired_and_resolved() 
     _run(log, "GpuFellOffBus", "sim-01", "5", 9.0, 29.0)
     _run(log, "GpuLost", "sim-01", "5", 14.0, 29.0)
     _run(log, "NodeSilent", "sim-03", None, 15.0, 32.0)
-    verdict = summary(log, EXPECTED, _fleet(), interrupted=False)
+    verdict = summary(log, EXPECTED, _fleet(), ended=TIME_UP)
     assert verdict.passed
     text = "\n".join(verdict.lines)
     assert "GpuFellOffBus sim-01 gpu 5" in text and "+9.0s" in text and "+29.0s" in text
@@ -174,7 +174,7 @@ def test_a_missing_or_unresolved_alert_fails_the_verdict_and_says_which() -> Non
     _run(log, "GpuThermalThrottling", "sim-02", "3", 20.0, None)  # still firing
     _run(log, "GpuFellOffBus", "sim-01", "5", 9.0, 29.0)
     _run(log, "NodeSilent", "sim-02", None, 15.0, 32.0)  # the wrong node
-    verdict = summary(log, EXPECTED, None, interrupted=False)
+    verdict = summary(log, EXPECTED, None, ended=TIME_UP)
     assert not verdict.passed
     rows = {line.split()[0]: line for line in verdict.lines[2:5]}
     assert rows["GpuThermalThrottling"].endswith("STILL FIRING")
@@ -182,13 +182,13 @@ def test_a_missing_or_unresolved_alert_fails_the_verdict_and_says_which() -> Non
     assert rows["NodeSilent"].endswith("MISSING")
     assert "fleet: no summary from the aggregator" in verdict.lines[-2]
     assert verdict.lines[-1].startswith("  verdict: FAIL")
-    interrupted = summary(log, EXPECTED, None, interrupted=True)
+    interrupted = summary(log, EXPECTED, None, ended="interrupted")
     assert interrupted.lines[0] == "summary (interrupted):"
     assert "1 of 3 expected alerts fired and resolved so far" in interrupted.lines[-1]
 
 
 def test_a_run_without_expectations_passes() -> None:
-    assert summary(AlertLog("demo", START_NS), [], None, interrupted=False).passed
+    assert summary(AlertLog("demo", START_NS), [], None, ended=TIME_UP).passed
 
 
 # -- the scenario and the options -----------------------------------------------------------
