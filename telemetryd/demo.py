@@ -197,6 +197,7 @@ class Demo:
     async def run(self, signalled: asyncio.Event) -> None:
         """Start everything, wait for the end (time, quit or Ctrl-C), stop everything."""
         self._loop = asyncio.get_running_loop()
+        self.t0 = self._loop.time()  # start-up until the agents start (then their start)
         try:
             async with asyncio.TaskGroup() as group:
                 await self._conduct(Parts(group, STOP_ORDER), signalled)
@@ -204,12 +205,12 @@ class Demo:
             raise failed.exceptions[0] from None
 
     async def _conduct(self, parts: Parts, signalled: asyncio.Event) -> None:
-        from telemetryd import broker  # amqtt: only when the broker is ours
-
         run_top = self._tui()
         self.printing = run_top is None
         self._header(run_top is not None)
         if self.embedded:
+            from telemetryd import broker  # amqtt: only when the broker is ours
+
             ready = asyncio.Event()
             cfg = BrokerConfig(listen=self.url.removeprefix("mqtt://"))
             parts.start("broker", "demo.broker",

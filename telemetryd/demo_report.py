@@ -221,18 +221,21 @@ class Observer:
                     self.subscribed.set()
                     reader = asyncio.ensure_future(self._read(session))
                     stopping = asyncio.ensure_future(stop.wait())
-                    done, _ = await asyncio.wait(
-                        {reader, stopping}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    stopping.cancel()
+                    try:
+                        done, _ = await asyncio.wait(
+                            {reader, stopping}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:  # also when cancelled: a reader left behind fails unheard
+                        stopping.cancel()
+                        if not reader.done():
+                            reader.cancel()
                     if reader in done:
                         reader.result()  # MqttUnavailable when the connection dropped
-                    else:
-                        reader.cancel()
-                        await asyncio.gather(reader, return_exceptions=True)
             except MqttUnavailable as exc:
                 self.error = str(exc)
-                log.warning("demo observer: %s", exc)
+                # Before the first connection the demo says it once, as an error (demo.py).
+                level = logging.WARNING if self.subscribed.is_set() else logging.DEBUG
+                log.log(level, "demo observer: %s", exc)
             if not stop.is_set() and await stopped_within(stop, backoff.next()):
                 return
 
