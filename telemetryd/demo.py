@@ -117,7 +117,12 @@ def _print(line: str) -> None:
 
 
 def run_demo(opts: DemoOptions, out: Callable[[str], None] = _print) -> int:
-    """Run the demo; the exit code (0 passed or quit, 1 failed, 130 Ctrl-C)."""
+    """Run the demo; the exit code: 0 passed (or top quit), 1 failed verdict, 130 Ctrl-C.
+
+    Raises:
+        ConfigError: options the scenario cannot run with (one line each).
+        TelemetrydError: a part cannot start (broker unreachable, address in use, ...).
+    """
     check(opts)
     with state_dir(opts.state_dir) as directory:
         demo = Demo(opts, directory, out)
