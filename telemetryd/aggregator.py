@@ -275,10 +275,13 @@ class Aggregator:
             failure = ""
             try:
                 async with MqttSession(self.settings) as session:
-                    await session.subscribe(filters)
+                    # The data filters last: their retained QoS 1 messages are acknowledged
+                    # only once consuming starts, and amqtt answers no further SUBSCRIBE
+                    # until they are (a 5 s stall per restart against `telemetryd broker`).
                     await session.subscribe([SYS_DROPPED], qos=0)
                     panel = self._panel()
                     extra = await panel.subscribe(session, self.cfg.clusters) if panel else []
+                    await session.subscribe(filters)
                     backoff.reset()
                     self._session = session
                     self.mqtt_error = ""
