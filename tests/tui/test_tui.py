@@ -21,7 +21,7 @@ from telemetryd.alerting.wire import (
 )
 from telemetryd.codec import encode_json
 from telemetryd.config import TopConfig
-from telemetryd.tui import DetailScreen, HelpScreen, SilenceScreen, TopApp
+from telemetryd.tui import DetailScreen, Heatmap, HelpScreen, RowTable, SilenceScreen, TopApp
 from tests.integration.mosquitto import Mosquitto
 from tests.tui.fleet import NOW, S, fleet
 
@@ -44,11 +44,16 @@ def app_for(*, accepts: bool = True, **cfg: object) -> TopApp:
 
 
 def text(app: TopApp, selector: str) -> str:
+    if selector == "#heatmap":  # top's own line-API widget: its lines of styled runs
+        heat = app.screen.query_one(selector, Heatmap)
+        return "\n".join("".join(t for t, _ in line) for line in heat.lines)
     content = app.screen.query_one(selector, Static).content
     return content.plain if isinstance(content, Content) else str(content)
 
 
 def order(app: TopApp, table: str = "#nodes") -> list[str]:
+    if table == "#nodes":  # the node table is top's own line-API table
+        return list(app.screen.query_one(table, RowTable).grid.keys)
     t = app.screen.query_one(table, DataTable)
     return [str(row.key.value) for row in t.ordered_rows]
 
