@@ -142,6 +142,21 @@ async def test_drill_down_shows_gpus_processes_and_xid_meaning() -> None:
 
 
 @sync
+async def test_node_table_keys_and_clicks_move_the_cursor_and_open_a_node() -> None:
+    app = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2", "end")
+        table = app.screen.query_one("#nodes", RowTable)
+        assert table.grid.selected() == order(app)[-1] == "c2/dgx-b"
+        await pilot.press("home", "pagedown", "up")
+        assert table.grid.selected() == order(app)[-2]
+        await pilot.click("#nodes", offset=(3, 3))  # the third row: the cursor moves there
+        assert table.grid.selected() == order(app)[2] and not isinstance(app.screen, DetailScreen)
+        await pilot.click("#nodes", offset=(3, 3))  # and a second click opens it
+        assert isinstance(app.screen, DetailScreen) and app.screen.key == ("c1", "gpu-03")
+
+
+@sync
 async def test_alerts_panel_lists_firing_pending_silenced_with_age() -> None:
     app = app_for()
     async with app.run_test(size=SIZE) as pilot:
