@@ -1,13 +1,12 @@
-"""The one module that imports textual: ``telemetryd top``, the operator's terminal UI.
+"""``telemetryd top``, the operator's terminal UI: with ``tuilines``, all that imports textual.
 
 It reads straight from MQTT (a :class:`~telemetryd.watch.Watch` fed by
 :func:`~telemetryd.watchfeed.follow`), so it needs no API of its own. Everything that can
 be decided without a terminal lives in ``topview``, ``topdetail``, ``topalerts`` and
-``topfmt``; this module only lays their rows out and handles keys.
-
-Cost at scale: messages only update the watch; the screen is redrawn on a timer every
-``[top] refresh`` seconds and only when the watch changed (or ages went stale); the node
-table and the heatmap (``tuilines``) draw only the lines in view.
+``topfmt``; this module only lays their rows out and handles keys. Cost at scale: messages
+only update the watch; the screen is redrawn on a timer every ``[top] refresh`` seconds
+and only when the watch changed (or ages went stale); the node table and the heatmap
+(``tuilines``) draw only the lines in view.
 """
 
 from __future__ import annotations
@@ -499,7 +498,8 @@ class TopApp(App[None]):
     async def publish_silence(self, cluster: str, request: SilenceRequest) -> None:
         """Publish the request (QoS 1) on a short-lived session of its own."""
         base = self.mqtt()
-        settings = dataclasses.replace(base, client_id=f"{base.client_id}-silence", will=None)
+        silence_id = f"{base.client_id}-silence"  # over MQTT 5: an ACL refusal has a reason
+        settings = dataclasses.replace(base, client_id=silence_id, will=None, version="5")
         try:
             async with MqttSession(settings) as session:
                 topic = silence_request_topic(cluster)
