@@ -1,6 +1,6 @@
 """top's widgets on Textual's line API: a table of many rows and the heatmap.
 
-With ``tui.py`` the one other module that imports textual (and rich's Segment and Style,
+Besides ``tui.py``, the one module that imports textual (and rich's Segment and Style,
 the currency of Textual's line API), split from it for size. Both widgets draw only the
 lines in view, from styled runs (``topfmt.Part``) built by the pure modules: at 1,000
 nodes a DataTable redrew every visible cell from markup after each of ~2,000 cell
