@@ -9,6 +9,7 @@ A style is a plain string in the syntax Textual's ``Content`` reads (``"bold red
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,10 +82,7 @@ def metric_value(sample: GpuSample, metric: str) -> float | None:
 
 def level(value: float, bounds: Sequence[float]) -> int:
     """Index of the band ``value`` falls in: 0 below bounds[0], len(bounds) at the top."""
-    for i, bound in enumerate(bounds):
-        if value < bound:
-            return i
-    return len(bounds)
+    return bisect_right(bounds, value)
 
 
 def heat_cell(sample: GpuSample, metric: str) -> Part:

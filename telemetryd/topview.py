@@ -14,9 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import itemgetter
-from typing import Literal
+from typing import Literal, overload
 
 from telemetryd import topfmt as fmt
 from telemetryd.alerting.model import SEVERITIES
@@ -253,60 +251,105 @@ def table_cells(row: NodeRow) -> tuple[Part, ...]:
 
 
 # -- the heatmap ----------------------------------------------------------------------------
+def _gpu_count(node: NodeState) -> int:
+    return len(node.gpus) or (node.fleet.gpus if node.fleet else 0) or 1
+
+
 def node_cells(watch: Watch, node: NodeState, state: str, metric: str) -> list[Part]:
     """One node's GPUs as heatmap cells; an offline or silent node greys all of them."""
-    gpus = [node.gpus[i] for i in sorted(node.gpus)]
-    count = len(gpus) or (node.fleet.gpus if node.fleet else 0) or 1
     if state == "offline":
-        return [fmt.OFFLINE] * count
+        return [fmt.OFFLINE] * _gpu_count(node)
     if state == "silent":
-        return [fmt.SILENT] * count
-    if not gpus:
-        return [fmt.UNKNOWN] * count
-    return [fmt.heat_cell(g.sample, metric) for g in gpus]
+        return [fmt.SILENT] * _gpu_count(node)
+    if not node.gpus:
+        return [fmt.UNKNOWN] * _gpu_count(node)
+    gpus = node.gpus
+    return [fmt.heat_cell(gpus[i].sample, metric) for i in sorted(gpus)]
 
 
-def heatmap(
-    watch: Watch, rows: Sequence[NodeRow], metric: str, width: int, *, labels: bool | None = None
-) -> list[list[Part]]:
-    """The fleet as lines of styled runs: one block per GPU, nodes side by side.
+class HeatLines(Sequence[list[Part]]):
+    """The heatmap's lines, each built when first asked for: a screen shows only some.
 
-    With labels (default up to 256 nodes) each node is ``name ████████``; without, nodes
-    are separated by a space only, so 1,000 x 8 GPUs fit in about 60 lines of 160
-    columns. Runs of the same style are merged, so a line is a handful of spans.
+    At 1,000 nodes the heatmap is ~50 lines of which a terminal shows ~25; the widget asks
+    for the lines in view only, so the rest cost nothing.
     """
-    if labels is None:
-        labels = len(rows) <= 256
-    name_w = min(max((len(r.node) for r in rows), default=1), 16) if labels else 0
-    cells = [
-        (r, node_cells(watch, watch.nodes[(r.cluster, r.node)], r.state, metric)) for r in rows
-    ]
-    gpu_w = max((len(c) for _, c in cells), default=1)
-    block = (name_w + 1 if labels else 0) + gpu_w + 2
-    per_line = max(1, (width + 2) // block)
-    lines: list[list[Part]] = []
-    for start in range(0, len(cells), per_line):
+
+    def __init__(
+        self, watch: Watch, rows: Sequence[NodeRow], metric: str, width: int, labels: bool
+    ) -> None:
+        self.watch, self.rows, self.metric, self.labels = watch, rows, metric, labels
+        self.name_w = min(max((len(r.node) for r in rows), default=1), 16) if labels else 0
+        nodes = watch.nodes
+        self.gpu_w = max((_gpu_count(nodes[(r.cluster, r.node)]) for r in rows), default=1)
+        block = (self.name_w + 1 if labels else 0) + self.gpu_w + 2
+        self.per_line = max(1, (width + 2) // block)
+        self._lines: dict[int, list[Part]] = {}
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.per_line)
+
+    @overload
+    def __getitem__(self, index: int) -> list[Part]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[list[Part]]: ...
+    def __getitem__(self, index: int | slice) -> list[Part] | list[list[Part]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        line = self._lines.get(index)
+        if line is None:
+            line = self._lines[index] = self._line(index)
+        return line
+
+    def _line(self, index: int) -> list[Part]:
+        watch, name_w, gpu_w = self.watch, self.name_w, self.gpu_w
+        start = index * self.per_line
         line: list[Part] = []
-        for i, (row, parts) in enumerate(cells[start : start + per_line]):
+        for i, row in enumerate(self.rows[start : start + self.per_line]):
             if i:
                 line.append(("  ", ""))
-            if labels:
+            if self.labels:
                 name = row.node[:name_w].ljust(name_w)
                 line.append(
                     (name + " ", fmt.STATE_STYLES[row.state] if row.state != "online" else "")
                 )
+            node = watch.nodes[(row.cluster, row.node)]
+            parts = node_cells(watch, node, row.state, self.metric)
             line.extend(parts)
             line.append((" " * (gpu_w - len(parts)), ""))
-        lines.append(merge(line))
-    return lines
+        return merge(line)
+
+
+def heatmap(
+    watch: Watch, rows: Sequence[NodeRow], metric: str, width: int, *, labels: bool | None = None
+) -> HeatLines:
+    """The fleet as lines of styled runs: one block per GPU, nodes side by side.
+
+    With labels (default up to 256 nodes) each node is ``name ████████``; without, nodes
+    are separated by a space only, so 1,000 x 8 GPUs fit in about 60 lines of 160
+    columns. Runs of the same style are merged, so a line is a handful of spans. Lines
+    are built when first read (see HeatLines).
+    """
+    return HeatLines(watch, rows, metric, width, len(rows) <= 256 if labels is None else labels)
 
 
 def merge(parts: Iterable[Part]) -> list[Part]:
     """Adjacent runs of one style joined: fewer spans to draw."""
-    runs = (
-        (style, "".join(text for text, _ in run)) for style, run in groupby(parts, itemgetter(1))
-    )
-    return [(text, style) for style, text in runs if text]
+    merged: list[Part] = []
+    text, style = "", ""
+    for t, s in parts:
+        if s == style:
+            text += t
+            continue
+        if text:
+            merged.append((text, style))
+        text, style = t, s
+    if text:
+        merged.append((text, style))
+    return merged
 
 
 # -- totals and status ----------------------------------------------------------------------

@@ -1,14 +1,12 @@
-"""The one module that imports textual: ``telemetryd top``, the operator's terminal UI.
+"""``telemetryd top``, the operator's terminal UI: with ``tuilines``, all that imports textual.
 
 It reads straight from MQTT (a :class:`~telemetryd.watch.Watch` fed by
 :func:`~telemetryd.watchfeed.follow`), so it needs no API of its own. Everything that can
 be decided without a terminal lives in ``topview``, ``topdetail``, ``topalerts`` and
-``topfmt``; this module only lays their rows out and handles keys.
-
-Cost at scale: messages only update the watch; the screen is redrawn on a timer every
-``[top] refresh`` seconds and only when the watch changed (or ages went stale), the
-heatmap is one widget holding a few styled runs per line, and a table whose rows kept
-their order updates only the cells whose text changed.
+``topfmt``; this module only lays their rows out and handles keys. Cost at scale: messages
+only update the watch; the screen is redrawn on a timer every ``[top] refresh`` seconds
+and only when the watch changed (or ages went stale); the node table and the heatmap
+(``tuilines``) draw only the lines in view.
 """
 
 from __future__ import annotations
@@ -39,6 +37,7 @@ from telemetryd.connect import mqtt_settings
 from telemetryd.logcapture import logs_into
 from telemetryd.topfmt import Part, legend
 from telemetryd.topics import silence_request_topic
+from telemetryd.tuilines import Heatmap, RowTable
 from telemetryd.watch import Watch
 from telemetryd.watchfeed import follow
 
@@ -50,7 +49,7 @@ def _c(parts: Iterable[Part]) -> Content:
 
 
 def _lines(lines: Iterable[Iterable[Part]]) -> Content:
-    """Many lines as one Content, assembled in one pass (a 1,000-node heatmap is one call)."""
+    """Many lines as one Content, assembled in one pass."""
     parts: list[Part] = []
     for i, line in enumerate(lines):
         if i:
@@ -68,8 +67,8 @@ def _cell(part: Part) -> str:
 class TableFiller:
     """Keeps a DataTable in step with rows: cell updates when the order held, else a rebuild.
 
-    At 1,000 nodes a rebuild costs a few milliseconds; most refreshes only change values,
-    and ``update_cell`` on the few cells that changed is cheaper still.
+    For the small tables (alerts, a node's GPUs and processes); the node table, 1,000 rows
+    at scale, is a ``tuilines.RowTable`` that draws only the rows in view.
     """
 
     def __init__(self, table: DataTable[str], columns: Sequence[tuple[str, str]]) -> None:
@@ -134,8 +133,8 @@ class MainScreen(Screen[None]):
             with Vertical(id="overview"):
                 with VerticalScroll(id="fleet"):
                     yield Static(id="legend")
-                    yield Static(id="heatmap")
-                yield _table("nodes")
+                    yield Heatmap(id="heatmap")
+                yield RowTable(topview.TABLE_COLUMNS, id="nodes")
             with Vertical(id="alerts"):
                 yield _table("alert-table")
                 yield Static(id="silences")
@@ -147,7 +146,7 @@ class MainScreen(Screen[None]):
         """Tables get their columns once; the node table takes the keys first."""
         app = self.top
         self.query_one("#nodes").focus()
-        app.nodes = TableFiller(self.query_one("#nodes", DataTable), topview.TABLE_COLUMNS)
+        app.nodes = self.query_one("#nodes", RowTable)
         app.alert_table = TableFiller(
             self.query_one("#alert-table", DataTable),
             [(c, c) for c in topalerts.ALERT_COLUMNS],
@@ -185,14 +184,14 @@ class MainScreen(Screen[None]):
         self.top.state.cycle(what, self.top.live)
         self.top.redraw(force=True)
 
-    @on(DataTable.HeaderSelected, "#nodes")
-    def _header(self, event: DataTable.HeaderSelected) -> None:
-        self.top.state.sort_by(str(event.column_key.value))
+    @on(RowTable.HeaderClicked, "#nodes")
+    def _header(self, event: RowTable.HeaderClicked) -> None:
+        self.top.state.sort_by(event.column)
         self.top.redraw(force=True)
 
-    @on(DataTable.RowSelected, "#nodes")
-    def _drill(self, event: DataTable.RowSelected) -> None:
-        cluster, _, node = str(event.row_key.value).partition("/")
+    @on(RowTable.Selected, "#nodes")
+    def _drill(self, event: RowTable.Selected) -> None:
+        cluster, _, node = event.key.partition("/")
         self.app.push_screen(DetailScreen(cluster, node))
 
     def action_filter(self) -> None:
@@ -361,7 +360,7 @@ class TopApp(App[None]):
         self.title = title or "telemetryd top"
         self.state = topstate.TopState(metric=cfg.metric)
         self.requests: list[tuple[str, SilenceRequest]] = []  # published, not yet active
-        self.nodes: TableFiller
+        self.nodes: RowTable
         self.alert_table: TableFiller
         self._stop = asyncio.Event()
         self._drawn_version, self._drawn_ns = -1, 0
@@ -439,10 +438,10 @@ class TopApp(App[None]):
         self.nodes.fill([r.key for r in rows], [topview.table_cells(r) for r in rows])
         if view != "fleet":
             return
-        heat = screen.query_one("#heatmap", Static)
+        heat = screen.query_one("#heatmap", Heatmap)
         width = heat.content_region.width or self.size.width - 4
         screen.query_one("#legend", Static).update(_c(legend(metric)))
-        heat.update(_lines(topview.heatmap(self.live, rows, metric, width)) or "no nodes")
+        heat.show(topview.heatmap(self.live, rows, metric, width) or [[("no nodes", "")]])
 
     def _draw_alerts(self, screen: MainScreen, now: int) -> None:
         rows = topalerts.alert_rows(self.live, now)
@@ -499,7 +498,8 @@ class TopApp(App[None]):
     async def publish_silence(self, cluster: str, request: SilenceRequest) -> None:
         """Publish the request (QoS 1) on a short-lived session of its own."""
         base = self.mqtt()
-        settings = dataclasses.replace(base, client_id=f"{base.client_id}-silence", will=None)
+        silence_id = f"{base.client_id}-silence"  # over MQTT 5: an ACL refusal has a reason
+        settings = dataclasses.replace(base, client_id=silence_id, will=None, version="5")
         try:
             async with MqttSession(settings) as session:
                 topic = silence_request_topic(cluster)

@@ -21,7 +21,7 @@ from telemetryd.alerting.wire import (
 )
 from telemetryd.codec import encode_json
 from telemetryd.config import TopConfig
-from telemetryd.tui import DetailScreen, HelpScreen, SilenceScreen, TopApp
+from telemetryd.tui import DetailScreen, Heatmap, HelpScreen, RowTable, SilenceScreen, TopApp
 from tests.integration.mosquitto import Mosquitto
 from tests.tui.fleet import NOW, S, fleet
 
@@ -44,11 +44,16 @@ def app_for(*, accepts: bool = True, **cfg: object) -> TopApp:
 
 
 def text(app: TopApp, selector: str) -> str:
+    if selector == "#heatmap":  # top's own line-API widget: its lines of styled runs
+        heat = app.screen.query_one(selector, Heatmap)
+        return "\n".join("".join(t for t, _ in line) for line in heat.lines)
     content = app.screen.query_one(selector, Static).content
     return content.plain if isinstance(content, Content) else str(content)
 
 
 def order(app: TopApp, table: str = "#nodes") -> list[str]:
+    if table == "#nodes":  # the node table is top's own line-API table
+        return list(app.screen.query_one(table, RowTable).grid.keys)
     t = app.screen.query_one(table, DataTable)
     return [str(row.key.value) for row in t.ordered_rows]
 
@@ -134,6 +139,21 @@ async def test_drill_down_shows_gpus_processes_and_xid_meaning() -> None:
         await pilot.press("escape")
         assert not isinstance(app.screen, DetailScreen)
         assert order(app)[1] == "c1/gpu-02"
+
+
+@sync
+async def test_node_table_keys_and_clicks_move_the_cursor_and_open_a_node() -> None:
+    app = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2", "end")
+        table = app.screen.query_one("#nodes", RowTable)
+        assert table.grid.selected() == order(app)[-1] == "c2/dgx-b"
+        await pilot.press("home", "pagedown", "up")
+        assert table.grid.selected() == order(app)[-2]
+        await pilot.click("#nodes", offset=(3, 3))  # the third row: the cursor moves there
+        assert table.grid.selected() == order(app)[2] and not isinstance(app.screen, DetailScreen)
+        await pilot.click("#nodes", offset=(3, 3))  # and a second click opens it
+        assert isinstance(app.screen, DetailScreen) and app.screen.key == ("c1", "gpu-03")
 
 
 @sync
