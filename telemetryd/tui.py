@@ -1,4 +1,4 @@
-"""``telemetryd top``, the operator's terminal UI: with ``tuilines``, all that imports textual.
+"""``telemetryd top``, the operator's terminal UI: the one module that imports textual.
 
 It reads straight from MQTT (a :class:`~telemetryd.watch.Watch` fed by
 :func:`~telemetryd.watchfeed.follow`), so it needs no API of its own. Everything that can
@@ -6,7 +6,9 @@ be decided without a terminal lives in ``topview``, ``topdetail``, ``topalerts``
 ``topfmt``; this module only lays their rows out and handles keys. Cost at scale: messages
 only update the watch; the screen is redrawn on a timer every ``[top] refresh`` seconds
 and only when the watch changed (or ages went stale); the node table and the heatmap
-(``tuilines``) draw only the lines in view.
+draw only the lines in view (``Heatmap`` and ``RowTable``, on Textual's line API, at the
+end of this module). The module is longer than our others because the one-importer rule
+keeps every Textual class here; what has no Textual in it is elsewhere.
 """
 
 from __future__ import annotations
@@ -19,25 +21,31 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
+from textual.geometry import Size
 from textual.markup import escape
+from textual.message import Message
 from textual.screen import ModalScreen, Screen
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.style import Style
+from textual.widget import Widget
 from textual.widgets import Button, ContentSwitcher, DataTable, Input, Label, Static
 
 from exporters.mqtt import MqttSession, MqttSettings, MqttUnavailable
-from telemetryd import topalerts, topdetail, topstate, topview
+from telemetryd import topalerts, topdetail, topgrid, topstate, topview
 from telemetryd.alerting.wire import SilenceRequest
 from telemetryd.codec import encode_json
 from telemetryd.config import TopConfig
 from telemetryd.connect import mqtt_settings
 from telemetryd.logcapture import logs_into
 from telemetryd.topfmt import Part, legend
+from telemetryd.topgrid import Grid
 from telemetryd.topics import silence_request_topic
-from telemetryd.tuilines import Heatmap, RowTable
 from telemetryd.watch import Watch
 from telemetryd.watchfeed import follow
 
@@ -64,11 +72,179 @@ def _cell(part: Part) -> str:
     return f"[{style}]{escape(text)}[/]" if style else escape(text)
 
 
+# -- line-API widgets: at 1,000 nodes only what is in view is drawn ----------------------
+def _strip(parts: Iterable[Part], base: Style, over: Style | None) -> Strip:
+    """A line of styled runs as a Strip on ``base``, ``over`` on top of every run."""
+    content = Content.assemble(*parts)
+    if over is not None:
+        content = content.stylize(over)
+    return Strip(content.render_segments(base))
+
+
+class Heatmap(Widget):
+    """The heatmap's lines, drawn on the line API: only the lines scrolled into view."""
+
+    DEFAULT_CSS = "Heatmap { height: auto; }"
+
+    def __init__(self, *, id: str) -> None:
+        super().__init__(id=id)
+        self.lines: Sequence[list[Part]] = []
+
+    def show(self, lines: Sequence[list[Part]]) -> None:
+        """New lines; the layout is redone only when their number changed."""
+        layout, self.lines = len(lines) != len(self.lines), lines
+        self.refresh(layout=layout)
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        """One row per line."""
+        return len(self.lines)
+
+    def render_line(self, y: int) -> Strip:
+        """Line ``y``, asked for only while it is in view."""
+        base = self.visual_style
+        if y >= len(self.lines):
+            return Strip.blank(self.size.width, base.rich_style)
+        strip = _strip(self.lines[y], base, None)
+        return strip.extend_cell_length(self.size.width, base.rich_style)
+
+
+class RowTable(ScrollView, can_focus=True):
+    """A table of many rows on the line API: a Grid (topgrid) of which only the view is drawn.
+
+    What top needs of DataTable at 1,000 rows: a fixed header (click: sort), a row cursor
+    (arrows, page keys, home/end, a click; enter or a second click: open), zebra stripes.
+    """
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "rowtable--header", "rowtable--cursor", "rowtable--even-row",
+    }  # fmt: skip
+    DEFAULT_CSS = """
+    RowTable { background: $surface; color: $foreground; }
+    RowTable:focus { background-tint: $foreground 5%; }
+    RowTable > .rowtable--header { text-style: bold; background: $panel; color: $foreground; }
+    RowTable > .rowtable--even-row { background: $surface-lighten-1 50%; }
+    RowTable:dark > .rowtable--even-row { background: $surface-darken-1 40%; }
+    RowTable > .rowtable--cursor {
+        background: $block-cursor-blurred-background; color: $block-cursor-blurred-foreground;
+        text-style: $block-cursor-blurred-text-style;
+    }
+    RowTable:focus > .rowtable--cursor {
+        background: $block-cursor-background; color: $block-cursor-foreground;
+        text-style: $block-cursor-text-style;
+    }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "select", "open", show=False),
+        Binding("up", "move(-1)", show=False), Binding("down", "move(1)", show=False),
+        Binding("pageup", "page(-1)", show=False), Binding("pagedown", "page(1)", show=False),
+        Binding("home", "move(-1_000_000)", show=False),
+        Binding("end", "move(1_000_000)", show=False),
+    ]  # fmt: skip
+
+    class Selected(Message):
+        """A row was opened (enter, or a click on the cursor's row)."""
+
+        def __init__(self, table: RowTable, key: str) -> None:
+            super().__init__()
+            self.table, self.key = table, key
+
+        @property
+        def control(self) -> RowTable:
+            """The table, for ``@on(..., "#id")``."""
+            return self.table
+
+    class HeaderClicked(Message):
+        """A column header was clicked."""
+
+        def __init__(self, table: RowTable, column: str) -> None:
+            super().__init__()
+            self.table, self.column = table, column
+
+        @property
+        def control(self) -> RowTable:
+            """The table, for ``@on(..., "#id")``."""
+            return self.table
+
+    def __init__(self, columns: Sequence[tuple[str, str]], *, id: str) -> None:
+        super().__init__(id=id)
+        self.grid = Grid(columns)
+
+    def fill(self, keys: list[str], cells: list[tuple[Part, ...]]) -> None:
+        """Show these rows (the cursor stays on its key; it is kept in view when they moved)."""
+        if self.grid.fill(keys, cells):
+            self.call_after_refresh(self._follow)
+        self.virtual_size = Size(self.grid.width, len(keys) + 1)
+        self.refresh()
+
+    def _follow(self) -> None:
+        y = topgrid.scroll_for(self.grid.cursor, round(self.scroll_y), self.size.height - 1)
+        self.scroll_to(y=y, animate=False, immediate=True)
+
+    def action_move(self, delta: int) -> None:
+        """Cursor keys: move the cursor, scrolling to keep it in view."""
+        self.grid.move(delta)
+        self._follow()
+        self.refresh()
+
+    def action_page(self, direction: int) -> None:
+        """Page keys: a screenful of rows up or down."""
+        self.action_move(direction * max(1, self.size.height - 2))
+
+    def action_select(self) -> None:
+        """Enter: open the row under the cursor."""
+        key = self.grid.selected()
+        if key is not None:
+            self.post_message(self.Selected(self, key))
+
+    def on_click(self, event: events.Click) -> None:
+        """A click on the header sorts by that column; on a row, moves the cursor there."""
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return
+        x, y = offset.x + round(self.scroll_x), offset.y
+        if y == 0:
+            column = self.grid.column_at(x)
+            if column is not None:
+                self.post_message(self.HeaderClicked(self, column))
+        elif (index := round(self.scroll_y) + y - 1) < len(self.grid.keys):
+            if index == self.grid.cursor:  # as DataTable: a click on the cursor's row opens it
+                self.action_select()
+            self.grid.cursor = index
+            self.refresh()
+
+    def on_focus(self) -> None:
+        """The cursor's colour follows focus."""
+        self.refresh()
+
+    def on_blur(self) -> None:
+        """The cursor's colour follows focus."""
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        """The header at the top, then the rows scrolled into view."""
+        grid, width, base = self.grid, self.size.width, self.visual_style
+        over, component, plain = None, self.get_visual_style, base
+        if y == 0:
+            base, parts = base + component("rowtable--header"), grid.header()
+        else:
+            index = round(self.scroll_y) + y - 1
+            if index >= len(grid.keys):
+                return Strip.blank(width, base.rich_style)
+            parts = grid.row(index)
+            if index == grid.cursor:  # the cursor's colours win over the cells'
+                over = component("rowtable--cursor")
+            elif index % 2 == 0:
+                base += component("rowtable--even-row")
+        strip = _strip(parts, base, over)
+        scroll_x = round(self.scroll_x)
+        return strip.crop_extend(scroll_x, scroll_x + width, plain.rich_style)
+
+
 class TableFiller:
     """Keeps a DataTable in step with rows: cell updates when the order held, else a rebuild.
 
     For the small tables (alerts, a node's GPUs and processes); the node table, 1,000 rows
-    at scale, is a ``tuilines.RowTable`` that draws only the rows in view.
+    at scale, is a ``RowTable`` that draws only the rows in view.
     """
 
     def __init__(self, table: DataTable[str], columns: Sequence[tuple[str, str]]) -> None:
