@@ -351,7 +351,17 @@ class Engine:
 
     def pending(self) -> list[Alert]:
         """Alerts whose condition holds but whose ``for`` has not passed (never notified)."""
-        return [self._public(a, "firing") for a in self.active.values() if a.state == "pending"]
+        pending = []
+        for a in self.active.values():
+            if a.state != "pending":
+                continue
+            public = self._public(a, "firing")
+            rule = self.rules.get(a.rule)
+            if rule is not None:  # rendered here, not per evaluation: only viewers ask
+                public.annotations = render(rule.annotations, a.labels, a.value,
+                                            runbook_base=self.runbook_base)  # fmt: skip
+            pending.append(public)
+        return pending
 
     # -- persistence -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

@@ -80,6 +80,8 @@ def test_threshold_with_for_and_hysteresis() -> None:
     assert feed(eng, fleet, report(0, temp_c=86.0)) == []  # pending
     assert [a.labels["alertname"] for a in eng.pending()] == ["GpuHot"]
     assert feed(eng, fleet, report(1, temp_c=87.0)) == []  # 10 s: still pending
+    # a viewer's pending list says what is coming, with the newest value
+    assert [a.annotations["summary"] for a in eng.pending()] == ["GPU 0 on n1 at 87 C"]
     fired = feed(eng, fleet, report(2, temp_c=88.0))  # 20 s: fires
     assert [(a.status, a.labels["gpu"], a.annotations["summary"]) for a in fired] == [
         ("firing", "0", "GPU 0 on n1 at 88 C")
