@@ -138,7 +138,11 @@ def top(
     config_file: str | None, broker: str | None, cluster: str | None, refresh: float | None
 ) -> None:
     """The fleet live in the terminal: heatmap, nodes, node detail, alerts."""
+    import os
+    import socket
+
     from telemetryd.configload import load
+    from telemetryd.connect import viewer_settings
     from telemetryd.tui import main_top
 
     loaded = load(config_file, overrides=_overrides(**{
@@ -146,7 +150,11 @@ def top(
         "top.cluster": ("--cluster", cluster),
         "top.refresh": ("--refresh", refresh),
     }))  # fmt: skip
-    sys.exit(main_top(loaded.config.top))
+    cfg = loaded.config.top
+    given = [name for name, value in (("broker", broker), ("cluster", cluster)) if value]
+    client_id = f"telemetryd-top-{socket.gethostname()}-{os.getpid()}"
+    settings = viewer_settings(cfg, client_id=client_id, options=given)
+    sys.exit(main_top(cfg, settings))
 
 
 def _common(command: Callable[..., None]) -> Callable[..., None]:
@@ -268,8 +276,7 @@ def status(
     from telemetryd import status as status_mod
     from telemetryd.codec import encode_json
     from telemetryd.configload import load
-    from telemetryd.connect import mqtt_settings
-    from telemetryd.urls import UrlError
+    from telemetryd.connect import viewer_settings
 
     loaded = load(config_file, overrides=_overrides(**{
         "top.broker": ("--broker", broker),
@@ -277,13 +284,9 @@ def status(
         "top.wait": ("--wait", wait),
     }))  # fmt: skip
     cfg = loaded.config.top
-    status_mod.check_cluster(cfg.cluster)
-    try:
-        settings = mqtt_settings(
-            cfg, client_id=f"telemetryd-status-{socket.gethostname()}-{os.getpid()}"
-        )
-    except UrlError as exc:
-        raise ConfigError([f"{'option --broker' if broker else 'top.broker'}: {exc}"]) from None
+    given = [name for name, value in (("broker", broker), ("cluster", cluster)) if value]
+    client_id = f"telemetryd-status-{socket.gethostname()}-{os.getpid()}"
+    settings = viewer_settings(cfg, client_id=client_id, options=given)
     try:
         doc = asyncio.run(status_mod.status(settings, cfg))
     except status_mod.BrokerUnreachable as exc:

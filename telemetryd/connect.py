@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from exporters.mqtt import MqttSettings, Will
 from telemetryd.config import AgentConfig, AggregatorConfig, TopConfig
 from telemetryd.errors import ConfigError
+from telemetryd.names import name_problem
 from telemetryd.secrets import read_secret, secret_path
-from telemetryd.urls import parse_broker_url
+from telemetryd.urls import UrlError, parse_broker_url
 
 
 def mqtt_settings(
@@ -46,3 +47,30 @@ def mqtt_settings(
         reconnect_max=cfg.reconnect_max,
         max_pending=max_pending,
     )
+
+
+def viewer_settings(
+    cfg: TopConfig, *, client_id: str, options: Collection[str] = ()
+) -> MqttSettings:
+    """A viewer's (top, status) settings once its cluster and broker URL are checked.
+
+    ConfigError (exit 2) names the command-line option (when it is in ``options``) or the
+    ``[top]`` key, and what was expected: a bad URL or cluster is one line before anything
+    starts, not a UI that keeps retrying.
+    """
+
+    def where(key: str) -> str:
+        return f"option --{key}" if key in options else f"top.{key}"
+
+    check_cluster_filter(cfg.cluster, where("cluster"))
+    try:
+        return mqtt_settings(cfg, client_id=client_id)
+    except UrlError as exc:
+        raise ConfigError([f"{where('broker')}: {exc}"]) from None
+
+
+def check_cluster_filter(cluster: str, where: str = "top.cluster") -> None:
+    """``+`` (every cluster) or a valid cluster name; ConfigError (exit 2) naming ``where``."""
+    problem = None if cluster == "+" else name_problem(cluster)
+    if problem:
+        raise ConfigError([f"{where}: cluster {cluster!r} {problem}, or '+' for all"])

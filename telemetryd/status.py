@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from exporters.mqtt import MqttSession, MqttSettings, MqttUnavailable
 from telemetryd.alerting.model import Alert
 from telemetryd.config import TopConfig
-from telemetryd.errors import ConfigError, TelemetrydError
-from telemetryd.names import name_problem
+from telemetryd.connect import check_cluster_filter
+from telemetryd.errors import TelemetrydError
 from telemetryd.statusdoc import (
     AggregatorView,
     AlertCounts,
@@ -70,13 +70,6 @@ class Gathered(Watch):
         self.settled = False  # the retained flood was over before the deadline
 
 
-def check_cluster(cluster: str) -> None:
-    """``+`` or a valid cluster name; ConfigError (exit 2) otherwise."""
-    problem = None if cluster == "+" else name_problem(cluster)
-    if problem:
-        raise ConfigError([f"option --cluster: cluster {cluster!r} {problem}, or '+' for all"])
-
-
 def expects_report(node: NodeState) -> bool:
     """Whether the node says it is online and we have not heard a report from it yet.
 
@@ -105,7 +98,7 @@ async def gather(settings: MqttSettings, cfg: TopConfig) -> Gathered:
         BrokerUnreachable: the broker refused us, is not there, or dropped us.
         ConfigError: the cluster filter is not a name.
     """
-    check_cluster(cfg.cluster)
+    check_cluster_filter(cfg.cluster)
     watch = Gathered(broker=str(settings.broker), cluster=cfg.cluster,
                      silent_after=cfg.silent_after, wait_s=cfg.wait)  # fmt: skip
     # One attempt, bounded like the rest: a host that drops packets must not hang a script.

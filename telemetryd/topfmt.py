@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from telemetryd.watchwire import EventView, GpuSample
+from telemetryd.watchwire import EventView, GpuSample, sampled_value
 from telemetryd.xid import describe
 
 Part = tuple[str, str]  # (text, style)
@@ -67,17 +67,11 @@ METRIC_ORDER = tuple(METRIC_SPECS)
 
 def metric_value(sample: GpuSample, metric: str) -> float | None:
     """The value a heatmap cell is coloured by; power is in percent of the limit."""
-    if sample.error is not None:
-        return None
-    if metric == "util":
-        return None if sample.util_gpu_pct is None else float(sample.util_gpu_pct)
-    if metric == "temp":
-        return sample.temp_c
-    if metric == "power":
+    if metric == "power" and sample.error is None:
         if sample.power_w is None or not sample.power_limit_w:
             return None
         return 100.0 * sample.power_w / sample.power_limit_w
-    return sample.mem_pct
+    return sampled_value(sample, metric)
 
 
 def level(value: float, bounds: Sequence[float]) -> int:

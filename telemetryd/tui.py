@@ -699,9 +699,9 @@ async def run_top(cfg: TopConfig, *, title: str = "") -> None:
         await app.run_async()
 
 
-def main_top(cfg: TopConfig) -> int:
+def main_top(cfg: TopConfig, settings: MqttSettings | None = None) -> int:
     """The CLI's entry: run ``top`` in a fresh event loop; the exit code."""
-    app = TopApp(cfg)
+    app = TopApp(cfg, settings=settings)
     with logs_into(app.live.note):
         app.run()
     return app.return_code or 0

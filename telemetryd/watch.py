@@ -39,23 +39,12 @@ from telemetryd.watchwire import (
     decode_event_view,
     decode_report_view,
     decode_status_view,
+    sampled_value,
 )
 
 NodeStateName = Literal["online", "offline", "silent", "unknown"]
 METRICS = ("util", "temp", "power", "mem")  # ring-buffered per GPU, for sparklines
 EVENTS_KEPT = 64  # per node
-
-
-def _metric(sample: GpuSample, metric: str) -> float | None:
-    if sample.error is not None:
-        return None
-    if metric == "util":
-        return None if sample.util_gpu_pct is None else float(sample.util_gpu_pct)
-    if metric == "temp":
-        return sample.temp_c
-    if metric == "power":
-        return sample.power_w
-    return sample.mem_pct
 
 
 @dataclass
@@ -241,7 +230,7 @@ class Watch:
                 gpu = state.gpus[sample.index] = GpuState(sample, rings)
             gpu.sample = sample
             for metric, ring in gpu.rings.items():
-                ring.push(_metric(sample, metric))
+                ring.push(sampled_value(sample, metric))
             if sample.energy_mj is not None and (gpu.day != day or gpu.energy_base_mj is None):
                 gpu.day, gpu.energy_base_mj, gpu.energy_since_ns = day, sample.energy_mj, now
         for event in report.events:

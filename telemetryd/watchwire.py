@@ -77,6 +77,19 @@ class GpuSample(Struct, kw_only=True, gc=False):
         return 100.0 * self.fb_used_bytes / self.fb_total_bytes
 
 
+def sampled_value(sample: GpuSample, metric: str) -> float | None:
+    """A GPU's util (%), temp (°C), power (W) or mem (% used); None when not read."""
+    if sample.error is not None:
+        return None
+    if metric == "util":
+        return None if sample.util_gpu_pct is None else float(sample.util_gpu_pct)
+    if metric == "temp":
+        return sample.temp_c
+    if metric == "power":
+        return sample.power_w
+    return sample.mem_pct
+
+
 class HostView(Struct, kw_only=True, gc=False):
     """The node's own load."""
 

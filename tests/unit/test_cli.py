@@ -632,3 +632,20 @@ def test_aggregator_help_shows_listen() -> None:
     code, out, _ = invoke("aggregator", "--help")
     assert code == 0
     assert "--listen HOST:PORT" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["top", "--broker", "http://x"], "option --broker: 'http://x': scheme must be mqtt"),
+        (["top", "--cluster", "a/b"], "option --cluster: cluster 'a/b' contains '/'"),
+        (["status", "--cluster", "a b"], "option --cluster: cluster 'a b'"),
+    ],
+)
+def test_viewers_refuse_a_bad_broker_or_cluster_before_starting(
+    capsys: pytest.CaptureFixture[str], args: list[str], line: str
+) -> None:
+    """One line and exit 2, not a full-screen UI retrying a URL that can never work."""
+    code, out, err = call(args, capsys)
+    assert (code, out) == (2, "")
+    assert one_line(err).startswith(line), err
