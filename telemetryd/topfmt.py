@@ -12,6 +12,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from telemetryd.watchwire import EventView, GpuSample, sampled_value
 from telemetryd.xid import describe
@@ -142,6 +143,21 @@ def power(watts: float | None) -> str:
     if watts is None:
         return "-"
     return f"{watts:.0f} W" if watts < 1000 else f"{watts / 1000:.1f} kW"
+
+
+def energy_label(since_ns: int | None) -> str:
+    """``energy today``, or ``energy since 14:02`` when this viewer started after midnight.
+
+    Energy is the GPUs' own counters since the first report of the local day the viewer
+    saw: a viewer started mid-afternoon must not call that the day's energy.
+    """
+    if since_ns is None:
+        return "energy today"
+    since = datetime.fromtimestamp(since_ns / 1e9)
+    midnight = since.replace(hour=0, minute=0, second=0, microsecond=0)
+    return (
+        "energy today" if (since - midnight).total_seconds() < 60 else f"energy since {since:%H:%M}"
+    )
 
 
 def energy(joules: float) -> str:

@@ -360,7 +360,7 @@ def totals_line(t: Totals) -> list[Part]:
         (f" ({t.gpus_failed} failed)" if t.gpus_failed else "", "bold #ff3030"),
         ("  util ", "bold"), (fmt.num(t.util_mean, unit="%"), ""),
         ("  power ", "bold"), (f"{t.power_w / 1000:.1f} kW", ""),
-        ("  energy today ", "bold"), (fmt.energy(t.energy_today_j), ""),
+        (f"  {fmt.energy_label(t.energy_since_ns)} ", "bold"), (fmt.energy(t.energy_today_j), ""),
         ("  nodes ", "bold"), (f"{t.online} online", "green"),
         (f" {t.offline} offline", fmt.STATE_STYLES["offline"] if t.offline else "dim"),
         (f" {t.silent} silent", fmt.STATE_STYLES["silent"] if t.silent else "dim"),

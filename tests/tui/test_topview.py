@@ -317,3 +317,15 @@ def test_log_lines_go_to_the_status_bar_not_the_screen(capsys: pytest.CaptureFix
     assert capsys.readouterr().err == ""
     status = "".join(t for t, _ in topview.status_line(watch, clock(), 1.0))
     assert "broker b1 refused MQTT 5" in status and "more" not in status
+
+
+def test_energy_is_labelled_with_when_the_viewer_began_counting() -> None:
+    from datetime import datetime
+
+    from telemetryd import topfmt
+
+    midnight = int(datetime(2026, 12, 1, 0, 0, 20).timestamp() * 1e9)
+    afternoon = int(datetime(2026, 12, 1, 14, 2, 5).timestamp() * 1e9)
+    assert topfmt.energy_label(None) == "energy today"
+    assert topfmt.energy_label(midnight) == "energy today"
+    assert topfmt.energy_label(afternoon) == "energy since 14:02"
