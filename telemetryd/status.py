@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from exporters.mqtt import MqttSession, MqttSettings, MqttUnavailable
-from telemetryd.alerting.model import Alert
+from telemetryd.alerting.model import SEVERITIES, Alert, severity_rank
 from telemetryd.config import TopConfig
 from telemetryd.connect import check_cluster_filter
 from telemetryd.errors import TelemetrydError
@@ -52,7 +52,6 @@ THROTTLE_REASONS = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal", "hw_t
                               "hw_power_brake"})  # fmt: skip
 TOP = 5
 STALE_S = 60.0  # a fleet summary older than this: the aggregator may be down
-SEVERITY_ORDER = ("critical", "warning", "info")
 
 
 class BrokerUnreachable(TelemetrydError):
@@ -256,18 +255,14 @@ def _alert_ref(alert: Alert) -> AlertRef:
                     fingerprint=alert.fingerprint)  # fmt: skip
 
 
-def _severity_rank(severity: str) -> int:
-    return SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else len(SEVERITY_ORDER)
-
-
 def _alert_order(a: AlertRef) -> tuple[int, int, str, str, str, int]:
     """Worst first, then oldest first."""
     gpu = -1 if a.gpu is None else a.gpu
-    return (_severity_rank(a.severity), a.since_ns or 0, a.name, a.cluster or "", a.node or "", gpu)
+    return (severity_rank(a.severity), a.since_ns or 0, a.name, a.cluster or "", a.node or "", gpu)
 
 
 def _alerts(watch: Watch, now_ns: int, known: bool) -> AlertCounts:
-    counts = AlertCounts(known=known, firing_by_severity=dict.fromkeys(SEVERITY_ORDER, 0))
+    counts = AlertCounts(known=known, firing_by_severity=dict.fromkeys(SEVERITIES, 0))
     for alert in watch.firing_alerts():
         if watch.silenced_by(alert, now_ns):
             counts.silenced += 1

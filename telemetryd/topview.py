@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal, overload
 
 from telemetryd import topfmt as fmt
-from telemetryd.alerting.model import SEVERITIES
+from telemetryd.alerting.model import SEVERITIES, severity_rank
 from telemetryd.topfmt import Part
 from telemetryd.watch import NodeState, NodeStateName, Totals, Watch
 
@@ -66,14 +66,10 @@ def _alert_counts(watch: Watch, now_ns: int) -> dict[tuple[str, str], tuple[int,
             continue
         key = (alert.labels.get("cluster", ""), node)
         n, worst = counts.get(key, (0, ""))
-        if not worst or _severity_rank(alert.severity) < _severity_rank(worst):
+        if not worst or severity_rank(alert.severity) < severity_rank(worst):
             worst = alert.severity
         counts[key] = (n + 1, worst)
     return counts
-
-
-def _severity_rank(severity: str) -> int:
-    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
 
 
 def node_row(
@@ -143,7 +139,7 @@ def sort_rows(rows: Iterable[NodeRow], column: str, reverse: bool = False) -> li
 
 def _sort_value(row: NodeRow, column: str) -> float | None:
     if column == "alerts":
-        return row.alerts * 10 + (len(SEVERITIES) - _severity_rank(row.severity))
+        return row.alerts * 10 + (len(SEVERITIES) - severity_rank(row.severity))
     value: float | int | None = getattr(row, "seen_s" if column == "seen" else column)
     return None if value is None else float(value)
 

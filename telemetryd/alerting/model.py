@@ -16,6 +16,11 @@ Severity = Literal["critical", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
 
 
+def severity_rank(severity: str) -> int:
+    """0 for critical, worst first; an unknown severity sorts after every known one."""
+    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
+
+
 def fingerprint(labels: dict[str, str]) -> str:
     """16 hex digits that identify an alert by its labels (order does not matter).
 

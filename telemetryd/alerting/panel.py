@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from exporters.mqtt import MqttSession, MqttUnavailable
 from telemetryd.alerting.durations import Clock, SystemClock
 from telemetryd.alerting.engine import Engine
-from telemetryd.alerting.model import SEVERITIES, Alert
+from telemetryd.alerting.model import Alert, severity_rank
 from telemetryd.alerting.silences import Silence, SilenceError, SilenceStore
 from telemetryd.alerting.wire import (
     MAX_PENDING,
@@ -58,11 +58,6 @@ class _Sent:
     shape: bytes  # what must go out at once when it changes
     full: bytes  # everything but time_ns
     at: float  # monotonic time it was published
-
-
-def _severity_rank(alert: Alert) -> int:
-    severity = alert.severity
-    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
 
 
 def _lists_on(silence: Silence, cluster: str) -> bool:
@@ -114,7 +109,7 @@ class Panel:
     def pending_message(self, cluster: str, pending: list[Alert], now_ns: int) -> PendingAlerts:
         """The pending alerts of ``cluster`` (or of no cluster), most severe and oldest first."""
         mine = [a for a in pending if a.labels.get("cluster") in ("", None, cluster)]
-        mine.sort(key=lambda a: (_severity_rank(a), a.starts_ns, a.fingerprint))
+        mine.sort(key=lambda a: (severity_rank(a.severity), a.starts_ns, a.fingerprint))
         kept = mine[:MAX_PENDING]
         return PendingAlerts(time_ns=now_ns, alerts=kept, truncated=len(mine) - len(kept))
 
