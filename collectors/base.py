@@ -80,3 +80,13 @@ class GpuSource(Protocol):
 
 HostCollectorFactory = Callable[["AgentConfig"], HostCollector]
 GpuSourceFactory = Callable[["AgentConfig"], GpuSource]
+
+
+@dataclass(frozen=True, slots=True)
+class PodRef:
+    """The Kubernetes container a device is assigned to (kubelet pod-resources API)."""
+
+    pod: str
+    namespace: str
+    container: str
+    uid: str = ""

@@ -21,6 +21,7 @@ __all__ = [
     "AgentConfig",
     "AggregatorConfig",
     "AlertsConfig",
+    "AttributionConfig",
     "BrokerConfig",
     "Config",
     "HostConfig",
@@ -95,6 +96,51 @@ class SimConfig(_Section):
     seed: Annotated[
         int, _doc("Random seed; the same seed and node name give the same readings.", ge=0)
     ] = 0
+
+
+class AttributionConfig(_Section):
+    """Who uses the GPUs: processes, jobs, pods, and energy per job (docs/attribution.md)."""
+
+    host_processes: Annotated[
+        bool,
+        _doc("Add each GPU process's user, command line, CPU and RSS (psutil) and its cgroup."),
+    ] = True
+    command: Annotated[
+        Literal["full", "name", "off"],
+        _doc(
+            "Command line of GPU processes: 'full' (with arguments), 'name' (the program"
+            " only: arguments may hold secrets) or 'off'."
+        ),
+    ] = "full"
+    command_max: Annotated[
+        int, _doc("Characters of a command line kept; the rest is cut.", ge=8, le=256)
+    ] = 128
+    proc_root: Annotated[
+        str, _doc("Root of procfs (a container may mount the host's elsewhere).")
+    ] = "/proc"
+    job_map_dir: Annotated[
+        str,
+        _doc(
+            "Job mapping directory (dcgm-exporter's --hpc-job-mapping-dir): one file per GPU"
+            " index, or <gpu>.<gi> for a MIG instance, listing the job ids on it; written by"
+            " a Slurm prolog (examples/slurm/). Empty: not read."
+        ),
+    ] = ""
+    kubelet_socket: Annotated[
+        str,
+        _doc(
+            "The kubelet's pod-resources socket, for pod, namespace and container by GPU"
+            " (needs the 'k8s' extra). Empty: not asked;"
+            " usually /var/lib/kubelet/pod-resources/kubelet.sock."
+        ),
+    ] = ""
+    kubelet_timeout: Annotated[
+        float, _doc("Seconds one pod-resources request may take.", gt=0, le=30)
+    ] = 2.0
+    jobs: Annotated[
+        bool,
+        _doc("Account energy and utilisation per job and publish job records in reports."),
+    ] = True
 
 
 class HostConfig(_Section):
@@ -213,6 +259,7 @@ class AgentConfig(_BrokerSection):
     nvml: NvmlConfig = field(default_factory=NvmlConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     host: HostConfig = field(default_factory=HostConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
     spool_max_bytes: Annotated[
         int,
         _doc(

@@ -19,6 +19,10 @@ from telemetryd.codec import Meta, Struct, encode_json, field, json_decoder
 from telemetryd.names import NAME_PATTERN
 
 SCHEMA_VERSION: Literal[1] = 1
+"""Version of the presence, event and fleet messages."""
+REPORT_SCHEMA: Literal[2] = 2
+"""Version of the report: 2 added process attribution, GPU owners and job records (issue 7).
+Decoders accept 1 and 2; an agent sends 2."""
 
 Name = Annotated[str, Meta(pattern=NAME_PATTERN)]
 BootId = Annotated[str, Meta(pattern=r"^[0-9a-f]{32}\Z")]
@@ -46,14 +50,60 @@ class GpuError(_Base):
     message: Text
 
 
+Runtime = Literal["kubernetes", "docker", "containerd", "podman", "crio", "lxc", "systemd"]
+"""What a process's cgroup path says it runs under (docs/attribution.md)."""
+
+
 class GpuProcess(_Base):
-    """A process holding a GPU context (NVML running-process lists)."""
+    """A process holding a GPU context, and who it belongs to (docs/attribution.md).
+
+    NVML gives pid, type, memory and MIG ids; NVML's process utilisation the ``*_util_pct``
+    (over the last interval, where the GPU supports it); psutil the host side; the pid's
+    cgroup the attribution. Each group is absent when its source is.
+    """
 
     pid: Annotated[int, Meta(ge=0)]
     type: Literal["compute", "graphics"]
     used_memory_bytes: Bytes | None = None
     gi_id: Count | None = None
     ci_id: Count | None = None
+    # NVML process utilisation (nvmlDeviceGetProcessUtilization), max over the interval
+    sm_util_pct: Pct | None = None
+    mem_util_pct: Pct | None = None
+    enc_util_pct: Pct | None = None
+    dec_util_pct: Pct | None = None
+    # host side (psutil)
+    user: Text | None = None
+    command: Text | None = None
+    cpu_pct: Annotated[float, Meta(ge=0)] | None = None  # of one core; > 100 when threaded
+    rss_bytes: Bytes | None = None
+    # attribution (/proc/<pid>/cgroup, the kubelet's pod-resources API)
+    job: Text | None = None  # Slurm job id
+    step: Text | None = None  # Slurm step: batch, extern, interactive, 0, 1, ...
+    pod_uid: Text | None = None
+    pod: Text | None = None
+    namespace: Text | None = None
+    container: Text | None = None
+    container_id: Text | None = None
+    runtime: Runtime | None = None
+    unit: Text | None = None  # systemd unit or scope
+
+
+class GpuOwner(_Base):
+    """Who holds a GPU this interval: an HPC job, a Kubernetes container, or both.
+
+    ``source`` says how it was learned: ``jobmap`` (the job mapping directory a Slurm
+    prolog writes), ``kubelet`` (pod-resources API, by GPU UUID), ``cgroup`` (the cgroup
+    of a process on the GPU).
+    """
+
+    source: Literal["jobmap", "kubelet", "cgroup"]
+    gi_id: Count | None = None  # the MIG GPU instance it holds, when not the whole GPU
+    job: Text | None = None
+    pod: Text | None = None
+    namespace: Text | None = None
+    container: Text | None = None
+    pod_uid: Text | None = None
 
 
 class MigDevice(_Base):
@@ -159,6 +209,7 @@ class Gpu(_Base):
     recovery_action: Text | None = None
     # who is using it
     processes: list[GpuProcess] | None = None
+    owners: list[GpuOwner] | None = None
 
 
 class DiskUsage(_Base):
@@ -276,6 +327,43 @@ class Event(_Base):
     ci_id: Count | None = None
 
 
+class JobGpu(_Base):
+    """One GPU's share of a job on this node."""
+
+    index: Count
+    uuid: Text
+    start_ns: Annotated[int, Meta(gt=0)]
+    end_ns: Annotated[int, Meta(gt=0)] | None = None  # set when the job left this GPU
+    energy_mj: Count | None = None  # energy-counter delta; absent without a counter
+
+
+class JobRecord(_Base):
+    """A job's use of this node's GPUs: so far (``running``) or in full (``ended``).
+
+    ``job`` is the key: an HPC job id, or ``<namespace>/<pod>`` for a pod. Energy is the
+    delta of each GPU's energy counter between the first and the last report that saw
+    the job there (never an integral of sampled power); the means and peaks are over
+    those reports. Every report carries the node's running jobs and, once, each job that
+    ended since the previous report; the aggregator joins a job's records across nodes.
+    """
+
+    job: Text
+    kind: Literal["hpc", "pod"]
+    state: Literal["running", "ended"]
+    start_ns: Annotated[int, Meta(gt=0)]
+    end_ns: Annotated[int, Meta(gt=0)]  # last report that saw it (running: this report)
+    samples: Count
+    gpus: list[JobGpu]
+    energy_mj: Count | None = None
+    mean_power_w: Watts | None = None  # energy / (end - start), summed over GPUs
+    util_mean_pct: PctF | None = None
+    util_peak_pct: Pct | None = None
+    mem_peak_bytes: Bytes | None = None  # largest FB used on one GPU of the job
+    user: Text | None = None
+    pod: Text | None = None
+    namespace: Text | None = None
+
+
 class SourceError(_Base):
     """A collector that failed this interval, with its reason."""
 
@@ -302,7 +390,7 @@ class AgentStats(_Base):
 class Report(_Base):
     """One node's sample of one interval."""
 
-    schema: Literal[1]
+    schema: Literal[1, 2]
     cluster: Name
     node: Name
     boot_id: BootId
@@ -315,6 +403,7 @@ class Report(_Base):
     events: list[Event] = field(default_factory=list)
     errors: list[SourceError] = field(default_factory=list)
     absent: dict[str, Text] | None = None
+    jobs: list[JobRecord] = field(default_factory=list)
 
 
 decode_report = json_decoder(Report)

@@ -15,15 +15,17 @@ import logging
 import re
 import time
 import uuid
+from copy import copy
 from typing import Any
 
+from collectors.attribution import Attributor
 from collectors.base import GpuSample, GpuSource, HostCollector
 from telemetryd import __version__, registry
 from telemetryd.codec import DecodeError
 from telemetryd.config import AgentConfig
 from telemetryd.errors import CollectorError, SourceUnavailable
 from telemetryd.model import (
-    SCHEMA_VERSION,
+    REPORT_SCHEMA,
     AgentStats,
     Host,
     Report,
@@ -55,6 +57,7 @@ class NodeSampler:
         gpu: GpuSource | None,
         collectors: list[HostCollector],
         absent: dict[str, str] | None = None,
+        attributor: Attributor | None = None,
     ) -> None:
         self.cfg = cfg
         self.node = cfg.node or default_node()
@@ -64,6 +67,9 @@ class NodeSampler:
         self.collectors = collectors
         self.absent: dict[str, str] = dict(absent or {})
         self._workers = {c.name: Worker[None](f"telemetryd-{c.name}") for c in collectors}
+        self.attributor = attributor
+        if attributor is not None:
+            self._workers[attributor.name] = Worker[None]("telemetryd-attribution")
         self._absent_sent = False
         self._dropped_fields: set[str] = set()
 
@@ -76,13 +82,17 @@ class NodeSampler:
         gpu_sample = await gpu_task
         host = Host()
         errors: list[SourceError] = []
+        if self.attributor is not None and gpu_sample.gpus:
+            error = await self._attribute(self.attributor, gpu_sample)
+            if error is not None:
+                errors.append(error)
         for part, error in parts:
             if part is not None:
                 _merge(host, part)
             if error is not None:
                 errors.append(error)
         report = Report(
-            schema=SCHEMA_VERSION,
+            schema=REPORT_SCHEMA,
             cluster=self.cluster,
             node=self.node,
             boot_id=self.boot_id,
@@ -126,6 +136,28 @@ class NodeSampler:
             return None, SourceError(source=collector.name, message=_short(f"failed: {exc!r}"))
         return part, None
 
+    async def _attribute(self, attributor: Attributor, sample: GpuSample) -> SourceError | None:
+        """Who uses the GPUs, under the collector deadline.
+
+        On a timeout the GPUs are kept as the GPU source read them: the stage works on
+        copies, so a late thread cannot write into a report that has already left.
+        """
+        gpus = [copy(g) for g in sample.gpus]
+        for gpu in gpus:
+            if gpu.processes is not None:
+                gpu.processes = [copy(p) for p in gpu.processes]
+        worker = self._workers[attributor.name]
+        try:
+            await worker.run(lambda: attributor.attribute(gpus), attributor.name,
+                             self.cfg.collector_timeout)  # fmt: skip
+        except (WorkerTimeout, WorkerBusy) as exc:
+            return SourceError(source=attributor.name, message=_short(str(exc)))
+        except Exception as exc:  # a bug here must not cost the report
+            log.exception("attribution failed unexpectedly")
+            return SourceError(source=attributor.name, message=_short(f"failed: {exc!r}"))
+        sample.gpus = gpus
+        return None
+
     def conform(self, report: Report) -> Report:
         """Drop any value the wire decoder would refuse, so the report is always accepted."""
         for _ in range(50):
@@ -147,6 +179,8 @@ class NodeSampler:
             worker.stop()
         for collector in self.collectors:
             collector.close()
+        if self.attributor is not None:
+            self.attributor.close()
         if self.gpu is not None:
             self.gpu.close()
 
@@ -230,4 +264,10 @@ def open_sampler(
             log.info("collector %s absent: %s", name, exc)
             continue
         collectors.append(collector)
-    return NodeSampler(cfg, gpu=gpu, collectors=collectors, absent=absent)
+    attributor: Attributor | None = None
+    if gpu is not None:
+        attributor = Attributor(cfg.attribution)
+        for source, reason in attributor.open().items():
+            absent[source] = reason
+            log.warning("%s: %s", source, reason)
+    return NodeSampler(cfg, gpu=gpu, collectors=collectors, absent=absent, attributor=attributor)

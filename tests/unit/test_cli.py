@@ -436,7 +436,7 @@ def sim_report() -> tuple[dict[str, object], Report]:
 
 def test_collect_json_is_one_valid_report(sim_report: tuple[dict[str, object], Report]) -> None:
     raw, report = sim_report
-    assert (report.node, report.cluster, report.schema) == ("sim-01", "default", 1)
+    assert (report.node, report.cluster, report.schema) == ("sim-01", "default", 2)
     assert len(report.gpus) == 8
     assert [g.index for g in report.gpus] == list(range(8))
     assert len({g.uuid for g in report.gpus}) == 8

@@ -153,7 +153,7 @@ def test_json_for_what_is_not_json(payload: bytes) -> None:
         (report_dict(seq="7"), ["seq", "expected int, got str"]),
         (report_dict(seq=-1), ["seq", ">= 0"]),
         (report_dict(color="red"), ["color", "unknown field"]),
-        (report_dict(schema=2), ["schema"]),
+        (report_dict(schema=3), ["schema"]),
         (report_dict(boot_id="not-a-boot-id"), ["boot_id"]),
         (report_dict(node="n1/../x"), ["node"]),
         (report_dict(time_ns=0), ["time_ns"]),

@@ -146,7 +146,7 @@ def _valid() -> dict:
         ("gpus[0].power_w", -1.0, "gpus[0].power_w: expected float >= 0.0"),
         ("gpus[0].util_gpu_pct", 101, "gpus[0].util_gpu_pct: expected int <= 100"),
         ("seq", -1, "seq: expected int >= 0"),
-        ("schema", 2, "schema: invalid enum value 2"),
+        ("schema", 3, "schema: invalid enum value 3"),
         ("node", "a/b", "node: expected str matching regex"),
         ("node", "_fleet", "node: expected str matching regex"),
         ("cluster", "x+", "cluster: expected str matching regex"),
