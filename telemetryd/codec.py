@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
-from msgspec import Meta, Struct, field
+from msgspec import Meta, Raw, Struct, field
 
 from telemetryd.errors import TelemetrydError
 
 __all__ = [
     "DecodeError",
     "Meta",
+    "Raw",
     "Struct",
     "convert",
     "describe",

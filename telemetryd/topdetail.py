@@ -1,8 +1,10 @@
-"""One node up close, with no UI in it: its GPUs with sparklines, processes and events.
+"""One node up close, with no UI in it: its GPUs with sparklines and owners, processes, events.
 
 The rows are tuples of (text, style) cells for ``tui.py`` to put in tables; the sparklines
 come from the rings :class:`~telemetryd.watch.Watch` keeps per GPU and metric, so the
-history an operator sees is the last minutes this viewer received.
+history an operator sees is the last minutes this viewer received. Each GPU names the job
+or pod holding it (its owners in the report); the processes are decoded here, when this
+view draws, not with every report (see ``watchwire``).
 """
 
 from __future__ import annotations
@@ -11,15 +13,28 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from telemetryd import topfmt as fmt
+from telemetryd.codec import DecodeError
 from telemetryd.topfmt import Part
 from telemetryd.watch import GpuState, NodeState, Watch
+from telemetryd.watchwire import holders, processes
 
 SPARK_WIDTH = 16
+OWNER_WIDTH = 24  # a GPU's job / pod cell: one pod name, or a few job ids
 GPU_COLUMNS = (
-    "GPU", "util %", f"util, last {SPARK_WIDTH}", "memory", "°C", "temperature", "W / limit",
-    "power", "SM MHz", "throttle", "ECC / remap",
+    "GPU", "job / pod", "util %", f"util, last {SPARK_WIDTH}", "memory", "°C", "temperature",
+    "W / limit", "power", "SM MHz", "throttle", "ECC / remap",
 )  # fmt: skip
-PROCESS_COLUMNS = ("GPU", "pid", "user", "command", "GPU mem GiB", "job / pod")
+PROCESS_COLUMNS = (
+    "GPU",
+    "pid",
+    "user",
+    "job / pod",
+    "GPU mem GiB",
+    "SM %",
+    "CPU %",
+    "RSS GiB",
+    "command",
+)  # fmt: skip  (the command last: it is the long one)
 
 
 def header(watch: Watch, node: NodeState, now_ns: int) -> list[Part]:
@@ -54,11 +69,14 @@ def header(watch: Watch, node: NodeState, now_ns: int) -> list[Part]:
 def gpu_cells(gpu: GpuState, width: int = SPARK_WIDTH) -> tuple[Part, ...]:
     """One GPU: live values, sparklines of the last ``width`` samples, throttle and health."""
     s = gpu.sample
-    if s.error is not None:
+    held = fmt.holders(*holders(s), width=OWNER_WIDTH)
+    owner: Part = (held, fmt.OWNER if held != "-" else "dim")
+    if s.error is not None:  # its job is still named: the GPU did not leave it
         why = f"FAILED: {s.error.code} {s.error.message}".strip()
-        blank = (("", ""),) * (len(GPU_COLUMNS) - 3)
+        blank = (("", ""),) * (len(GPU_COLUMNS) - 4)
         return (
             (str(s.index), "bold #ff3030"),
+            owner,
             ("✗", "bold #ff3030"),
             *blank,
             (why, "bold #ff3030"),
@@ -75,6 +93,7 @@ def gpu_cells(gpu: GpuState, width: int = SPARK_WIDTH) -> tuple[Part, ...]:
         power_text += f"/{s.power_limit_w:.0f}"
     return (
         (str(s.index), "bold"),
+        owner,
         (fmt.num(util), fmt.pct_style(util, 101, 101)),
         (fmt.sparkline(rings["util"].values(width), 0, 100, width), "#7ad151"),
         (mem_text, fmt.pct_style(mem, 90, 97)),
@@ -103,16 +122,34 @@ def gpu_rows(node: NodeState) -> list[tuple[Part, ...]]:
 
 
 def process_rows(node: NodeState) -> list[tuple[Part, ...]]:
-    """Processes per GPU: pid, user, command, GPU memory, job or pod when the agent knows."""
+    """Processes per GPU: pid, user, job or pod, GPU memory, SM, CPU, RSS, command.
+
+    Each value where the agent knows it ("-" otherwise: an older agent, a GPU without
+    process utilisation, a process of another user the agent may not read). A GPU whose
+    process list cannot be decoded gets one row saying why.
+    """
     rows: list[tuple[Part, ...]] = []
+    blank = (("", ""),) * (len(PROCESS_COLUMNS) - 3)
     for index in sorted(node.gpus):
-        for p in node.gpus[index].sample.processes or ():
-            owner = " / ".join(x for x in (p.job, p.pod) if x) or "-"
-            rows.append((
-                (str(index), "bold"), (str(p.pid), ""), (p.user or "-", ""),
+        try:
+            procs = processes(node.gpus[index].sample)
+        except DecodeError as exc:
+            rows.append(((str(index), "bold"), ("?", ""), *blank, (f"unreadable: {exc}", "dim")))
+            continue
+        rows.extend(
+            (
+                (str(index), "bold"),
+                (str(p.pid), ""),
+                (p.user or "-", ""),
+                (p.owner or "-", fmt.OWNER if p.owner else "dim"),
+                (fmt.gib(p.used_memory_bytes), ""),
+                (fmt.num(p.sm_util_pct), ""),
+                (fmt.num(p.cpu_pct), ""),
+                (fmt.gib(p.rss_bytes), ""),
                 (p.command or ("(graphics)" if p.type == "graphics" else "-"), ""),
-                (fmt.gib(p.used_memory_bytes), ""), (owner, ""),
-            ))  # fmt: skip
+            )
+            for p in procs
+        )
     return rows
 
 

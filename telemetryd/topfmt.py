@@ -31,6 +31,7 @@ STATE_STYLES = {
     "silent": "bold #e0a000",
     "unknown": "#909090",
 }
+OWNER = "#6fa8dc"  # a job or pod holding a GPU
 SEVERITY_STYLES = {"critical": "bold #ff5050", "warning": "#e0a000", "info": "#6fa8dc"}
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -169,6 +170,26 @@ def energy(joules: float) -> str:
 def gib(value: int | None) -> str:
     """Bytes as GiB with one decimal."""
     return "-" if value is None else f"{value / 2**30:.1f}"
+
+
+def holders(jobs: Sequence[str], pods: Sequence[str], width: int = 32) -> str:
+    """Who holds the GPUs in at most ``width`` characters: ``81234, 81240 +2``; "-" if none.
+
+    Job ids first, then pods, in the order given (most GPUs first); what does not fit is
+    counted, not cut, so an id on screen is always a whole one (the first alone may be cut
+    with an ellipsis when even it is too long).
+    """
+    keys = [*jobs, *pods]
+    if not keys:
+        return "-"
+    text = keys[0] if len(keys[0]) <= width else keys[0][: width - 1] + "…"
+    for i, key in enumerate(keys[1:], start=1):
+        rest = len(keys) - i - 1
+        longer = f"{text}, {key}"
+        if len(longer) + (len(f" +{rest}") if rest else 0) > width:
+            return f"{text} +{len(keys) - i}"
+        text = longer
+    return text
 
 
 def pct_style(value: float | None, warn: float, crit: float) -> str:

@@ -10,15 +10,9 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from telemetryd import topfmt as fmt
+from telemetryd.topfilter import ALERT_FILTERS, RowFilter, make_filter
 from telemetryd.topfmt import Part
-from telemetryd.topview import (
-    ALERT_FILTERS,
-    SORT_COLUMNS,
-    RowFilter,
-    clusters,
-    make_filter,
-    next_in,
-)
+from telemetryd.topview import SORT_COLUMNS, clusters, next_in
 from telemetryd.watch import Watch
 
 T = TypeVar("T")
@@ -27,8 +21,9 @@ HELP = """\
 [b]Views[/b]   1 fleet (totals, heatmap)   2 nodes (table)   3 alerts   tab next view
 [b]Nodes[/b]   enter  node detail (escape back)   s / S  sort by next column / reverse
         click a column header to sort by it
-[b]Filter[/b]  /  text filter on cluster/node or a state word; start with re: or ~ for a
-           regular expression (~^gpu-0[1-4]$); empty clears it; escape cancels
+[b]Filter[/b]  /  text filter on cluster/node, a state word, a job id (/81234: the nodes
+           of job 81234) or a pod name; start with re: or ~ for a regular expression
+           (~^gpu-0[1-4]$); empty clears it; escape cancels
         c  cycle cluster    f  cycle alert filter (all / alerting / ok)
 [b]Fleet[/b]   m  cycle the heatmap metric (utilisation, temperature, power, memory)
 [b]Alerts[/b]  x  silence the selected alert (needs \\[top] allow_silence = true and an

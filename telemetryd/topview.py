@@ -1,9 +1,10 @@
-"""What ``top`` shows of the fleet, with no UI in it: node rows, sorting, filters, heatmap.
+"""What ``top`` shows of the fleet, with no UI in it: node rows, sorting, heatmap, totals.
 
 nvitop's split: :class:`~telemetryd.watch.Watch` is the data, this module is the view-model
 (pure functions from a watch and a clock to rows of text and style names), ``tui.py`` only
 puts them on a screen. Everything an operator relies on (what sorts before what, what a
-filter matches, which colour a GPU gets) is decided here and tested without a terminal.
+colour a GPU gets, which jobs a node runs) is decided here and tested without a terminal;
+what the filter line matches is in ``topfilter``.
 
 Cost: at 1,000 nodes x 8 GPUs a redraw builds 1,000 rows and 8,000 heatmap cells, once per
 refresh however many reports arrived in between; each is a few attribute reads.
@@ -11,28 +12,23 @@ refresh however many reports arrived in between; each is a few attribute reads.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, overload
+from dataclasses import dataclass
+from typing import overload
 
 from telemetryd import topfmt as fmt
 from telemetryd.alerting.model import SEVERITIES, severity_rank
 from telemetryd.topfmt import Part
 from telemetryd.watch import NodeState, NodeStateName, Totals, Watch
 
-SORT_COLUMNS = ("node", "state", "gpus", "util", "power", "temp", "mem", "alerts", "seen")
+SORT_COLUMNS = (
+    "node", "state", "gpus", "util", "power", "temp", "mem", "alerts", "seen", "jobs",
+)  # fmt: skip
 # Each column's natural order: names A-Z, live values and alert counts highest first, the
-# longest-unseen node first (what an operator sorts by "last seen" for). S reverses it.
+# longest-unseen node first (what an operator sorts by "last seen" for), jobs by id (a
+# node holding none last). S reverses it.
 _HIGHEST_FIRST = {"gpus", "util", "power", "temp", "mem", "alerts", "seen"}
 _STATE_RANK = {"offline": 0, "silent": 1, "unknown": 2, "online": 3}
-AlertFilter = Literal["all", "alerting", "ok"]
-ALERT_FILTERS: tuple[AlertFilter, ...] = ("all", "alerting", "ok")
-REGEX_PREFIXES = ("re:", "~")
-
-
-class FilterError(ValueError):
-    """A filter text that cannot be used (a bad regular expression), in one line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +47,8 @@ class NodeRow:
     alerts: int  # firing, not silenced
     severity: str  # the worst of them, "" when none
     seen_s: float | None  # since its newest report (or the aggregator's last sight)
+    jobs: tuple[str, ...] = ()  # HPC job ids on its GPUs (the newest report's), most GPUs first
+    pods: tuple[str, ...] = ()  # pods (namespace/pod, or UID) on its GPUs
 
     @property
     def key(self) -> str:
@@ -106,6 +104,7 @@ def node_row(
         mem=sum(mems) / len(mems) if live and mems else None,
         alerts=alerts[0], severity=alerts[1],
         seen_s=(now_ns - seen_ns) / 1e9 if seen_ns else None,
+        jobs=node.jobs, pods=node.pods,
     )  # fmt: skip
 
 
@@ -124,6 +123,9 @@ def sort_rows(rows: Iterable[NodeRow], column: str, reverse: bool = False) -> li
         return by_name
     if column == "state":
         return sorted(by_name, key=lambda r: _STATE_RANK[r.state], reverse=reverse)
+    if column == "jobs":
+        held = sorted((r for r in by_name if r.jobs or r.pods), key=_job_order, reverse=reverse)
+        return held + [r for r in by_name if not (r.jobs or r.pods)]
     descending = (column in _HIGHEST_FIRST) != reverse
     present: list[tuple[float, NodeRow]] = []
     absent: list[NodeRow] = []
@@ -137,72 +139,17 @@ def sort_rows(rows: Iterable[NodeRow], column: str, reverse: bool = False) -> li
     return [row for _, row in present] + absent
 
 
+def _job_order(row: NodeRow) -> tuple[bool, int, str]:
+    """Job ids in number order (9 before 10), then pods A-Z."""
+    first = (row.jobs or row.pods)[0]
+    return (not first.isdigit(), int(first) if first.isdigit() else 0, first)
+
+
 def _sort_value(row: NodeRow, column: str) -> float | None:
     if column == "alerts":
         return row.alerts * 10 + (len(SEVERITIES) - severity_rank(row.severity))
     value: float | int | None = getattr(row, "seen_s" if column == "seen" else column)
     return None if value is None else float(value)
-
-
-@dataclass(frozen=True)
-class RowFilter:
-    """What the table and heatmap show: text or regex, one cluster, alert state."""
-
-    text: str = ""
-    cluster: str | None = None
-    alerts: AlertFilter = "all"
-    pattern: re.Pattern[str] | None = field(default=None, compare=False)
-
-    def matches(self, row: NodeRow) -> bool:
-        """Whether the row passes every part of the filter."""
-        if self.cluster is not None and row.cluster != self.cluster:
-            return False
-        if self.alerts == "alerting" and not row.alerts:
-            return False
-        if self.alerts == "ok" and row.alerts:
-            return False
-        if self.pattern is not None:
-            return any(self.pattern.search(t) for t in (row.node, row.key, row.state))
-        if self.text:
-            needle = self.text.lower()
-            return needle in row.key.lower() or needle == row.state
-        return True
-
-    def describe(self) -> str:
-        """The filter in a few words for the status line ("" when it passes everything)."""
-        parts = []
-        if self.text:
-            parts.append(f"{'regex' if self.pattern is not None else 'text'} {self.text!r}")
-        if self.cluster is not None:
-            parts.append(f"cluster {self.cluster}")
-        if self.alerts != "all":
-            parts.append(f"alerts: {self.alerts}")
-        return ", ".join(parts)
-
-
-def make_filter(text: str, cluster: str | None = None, alerts: AlertFilter = "all") -> RowFilter:
-    """A filter from what the operator typed: ``re:`` or ``~`` starts a regular expression.
-
-    Text matches a substring of ``cluster/node`` (any case) or a state word exactly
-    (``offline``); a regular expression is searched in the node name, ``cluster/node``
-    and the state word.
-
-    Raises:
-        FilterError: the regular expression does not compile, with where and why.
-    """
-    text = text.strip()
-    for prefix in REGEX_PREFIXES:
-        if text.startswith(prefix):
-            expression = text[len(prefix) :]
-            try:
-                pattern = re.compile(expression, re.IGNORECASE)
-            except re.error as exc:
-                raise FilterError(
-                    f"filter {text!r}: bad regular expression ({exc}); expected a Python "
-                    f"regular expression after {prefix!r}, e.g. ~^gpu-0[1-4]$"
-                ) from None
-            return RowFilter(expression, cluster, alerts, pattern)
-    return RowFilter(text, cluster, alerts)
 
 
 def next_in(options: Sequence[str | None], current: str | None) -> str | None:
@@ -223,7 +170,7 @@ def clusters(watch: Watch) -> list[str | None]:
 TABLE_COLUMNS = (
     ("node", "node"), ("state", "state"), ("gpus", "GPUs"), ("util", "util %"),
     ("power", "power"), ("temp", "max °C"), ("mem", "mem %"), ("alerts", "alerts"),
-    ("seen", "last seen"),
+    ("seen", "last seen"), ("jobs", "jobs / pods"),
 )  # fmt: skip
 
 
@@ -243,6 +190,7 @@ def table_cells(row: NodeRow) -> tuple[Part, ...]:
         (f"{row.alerts} {row.severity}" if row.alerts else "-",
          fmt.SEVERITY_STYLES.get(row.severity, "dim")),
         (fmt.age(row.seen_s), state_style if stale else "dim"),
+        (fmt.holders(row.jobs, row.pods), "dim" if stale or not row.jobs + row.pods else fmt.OWNER),
     )  # fmt: skip
 
 

@@ -37,7 +37,7 @@ from textual.widget import Widget
 from textual.widgets import Button, ContentSwitcher, DataTable, Input, Label, Static
 
 from exporters.mqtt import MqttSession, MqttSettings, MqttUnavailable
-from telemetryd import topalerts, topdetail, topgrid, topstate, topview
+from telemetryd import topalerts, topdetail, topfilter, topgrid, topstate, topview
 from telemetryd.alerting.wire import SilenceRequest
 from telemetryd.codec import encode_json
 from telemetryd.config import TopConfig
@@ -314,7 +314,9 @@ class MainScreen(Screen[None]):
             with Vertical(id="alerts"):
                 yield _table("alert-table")
                 yield Static(id="silences")
-        yield Input(id="filter", placeholder="filter: text, or re:REGEX / ~REGEX")
+        yield Input(
+            id="filter", placeholder="filter: node, state, job id or pod; re:REGEX / ~REGEX"
+        )
         yield Static(id="message")
         yield Static(id="status")
 
@@ -637,7 +639,7 @@ class TopApp(App[None]):
         """Apply what was typed on the filter line; a bad regex keeps the old filter."""
         try:
             self.state.set_filter(text)
-        except topview.FilterError as exc:
+        except topfilter.FilterError as exc:
             self.say(str(exc), error=True)
             return
         self.say("")

@@ -39,12 +39,18 @@ from telemetryd.watchwire import (
     decode_event_view,
     decode_report_view,
     decode_status_view,
+    holders,
     sampled_value,
 )
 
 NodeStateName = Literal["online", "offline", "silent", "unknown"]
 METRICS = ("util", "temp", "power", "mem")  # ring-buffered per GPU, for sparklines
 EVENTS_KEPT = 64  # per node
+
+
+def _most_first(counts: Counter[str]) -> tuple[str, ...]:
+    """Keys by how many GPUs they hold, most first, then by name."""
+    return tuple(sorted(counts, key=lambda k: (-counts[k], k))) if counts else ()
 
 
 @dataclass
@@ -86,6 +92,9 @@ class NodeState:
     gpus: dict[int, GpuState] = field(default_factory=dict)
     events: deque[EventView] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
     fleet: FleetNode | None = None  # the aggregator's view, from the fleet summary
+    # who holds its GPUs in the newest report, most GPUs first: HPC job ids, pods
+    jobs: tuple[str, ...] = ()
+    pods: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -223,7 +232,15 @@ class Watch:
         state.report, state.received_ns = report, now
         state.reports += 1
         day = datetime.fromtimestamp(now / 1e9).toordinal()
+        jobs: Counter[str] = Counter()
+        pods: Counter[str] = Counter()
         for sample in report.gpus:
+            if len(sample.processes):  # keep the GPU's slice, not the whole payload
+                sample.processes = sample.processes.copy()
+            if sample.owners:
+                gpu_jobs, gpu_pods = holders(sample)
+                jobs.update(gpu_jobs)
+                pods.update(gpu_pods)
             gpu = state.gpus.get(sample.index)
             if gpu is None:
                 rings = {m: Ring(self.history) for m in METRICS}
@@ -233,6 +250,7 @@ class Watch:
                 ring.push(sampled_value(sample, metric))
             if sample.energy_mj is not None and (gpu.day != day or gpu.energy_base_mj is None):
                 gpu.day, gpu.energy_base_mj, gpu.energy_since_ns = day, sample.energy_mj, now
+        state.jobs, state.pods = _most_first(jobs), _most_first(pods)
         for event in report.events:
             self._event(state, event)
 

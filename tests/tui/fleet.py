@@ -2,7 +2,10 @@
 
 Realistic reports (tests/reports.py ``sampled()``, one simulated 8-GPU node) changed per
 node, fed to a Watch on a fake clock: busy, idle and hot nodes, one offline, one silent,
-one with a failed GPU and an XID, alerts firing, pending and silenced.
+one with a failed GPU and an XID, alerts firing, pending and silenced. Who holds the GPUs
+(OWNERS): Slurm job 81234 spans gpu-01 and half of gpu-02, job 81240 the other half (its
+GPU 5 failed under it), a Kubernetes pod all of dgx-a and half of dgx-b, whose other half
+runs a plain Docker container no scheduler knows of; gpu-06 is idle.
 """
 
 from __future__ import annotations
@@ -36,6 +39,40 @@ NODES = {
 }
 SILENT_AFTER_ROUND = 10
 
+# node -> per GPU index range: (owner as in the report, process user, command); jobs come
+# from the Slurm job map, pods from the kubelet; None: no owner (a bare Docker container)
+Owner = tuple[dict[str, str] | None, str | None, str]
+
+
+def _job(job: str) -> dict[str, str]:
+    return {"source": "jobmap", "job": job}
+
+
+def _pod(namespace: str, pod: str, container: str, uid: str) -> dict[str, str]:
+    return {"source": "kubelet", "pod": pod, "namespace": namespace, "container": container,
+            "pod_uid": uid}  # fmt: skip
+
+
+_TRAIN = "python train.py --model llama-70b"
+_LLAMA = _pod("ml-team", "llama-train-0", "trainer", "6a1f0c2e-8d5b-4e7a-9c3d-2b1e0f4a5c6d")
+_BERT = _pod("inference", "bert-serve-7f9c", "server", "0d9e8f7a-6b5c-4d3e-8f1a-9b8c7d6e5f4a")
+OWNERS: dict[str, list[tuple[range, Owner]]] = {
+    "gpu-01": [(range(8), (_job("81234"), "alice", _TRAIN))],
+    "gpu-02": [
+        (range(4), (_job("81234"), "alice", _TRAIN)),
+        (range(4, 8), (_job("81240"), "bob", "torchrun --nproc-per-node 4 finetune.py --lr 3e-5")),
+    ],
+    "gpu-03": [(range(8), (_job("81251"), "carol", "./lammps -in in.lj"))],
+    "gpu-04": [(range(8), (_job("81260"), "dave", "python sweep.py"))],
+    "gpu-05": [(range(8), (_job("81262"), "erin", "python eval.py"))],
+    "gpu-06": [(range(8), (None, None, ""))],  # idle: no owner, no process
+    "dgx-a": [(range(8), (_LLAMA, None, "python -m torch.distributed.run train.py"))],
+    "dgx-b": [
+        (range(4), (_BERT, None, "tritonserver --model-repository=/models")),
+        (range(4, 8), (None, "svc", "python bench.py")),
+    ],
+}
+
 
 class Clock:
     """A clock the test moves by hand."""
@@ -67,11 +104,11 @@ def report(node: str, seq: int, now: int) -> bytes:
             fb_used_bytes=int(gpu["fb_total_bytes"] * (0.1 + 0.8 * u / 100)),
             sm_clock_mhz=1980 if u else 345, pstate=0 if u else 8,
             clock_event_reasons=[] if u else ["gpu_idle"],
-            processes=[{"pid": 40000 + 10 * i, "type": "compute",
-                        "used_memory_bytes": 20 * 2**30, "user": "alice",
-                        "command": "python train.py --model llama-70b", "job": "slurm-81234"}]
-            if u else [],
         )  # fmt: skip
+        owner, user, command = next(o for gpus, o in OWNERS[node] if i in gpus)
+        if owner is not None:
+            gpu["owners"] = [owner]
+        gpu["processes"] = [process(node, i, u, owner, user, command)] if u else []
         if node == "gpu-03" and i in (2, 3):
             gpu["clock_event_reasons"] = ["sw_thermal", "hw_thermal"]
             gpu["temp_c"] = 91.0
@@ -83,8 +120,32 @@ def report(node: str, seq: int, now: int) -> bytes:
     if node == "gpu-02":
         lost = {"code": "gpu_lost", "message": "GPU has fallen off the bus"}
         doc["gpus"][5] = {"index": 5, "uuid": "GPU-gpu-02-5", "name": doc["gpus"][5]["name"],
-                          "error": lost}  # fmt: skip
+                          "error": lost, "owners": doc["gpus"][5]["owners"]}  # fmt: skip
+        doc["gpus"][0]["processes"].append(
+            {"pid": 41999, "type": "compute", "used_memory_bytes": 512 * 2**20, "user": "alice",
+             "command": "python -m torch.utils.bottleneck", "job": "81234", "step": "extern",
+             "cpu_pct": 3.0, "rss_bytes": 2**30, "runtime": "slurm"}
+        )  # fmt: skip
     return json.dumps(doc).encode()
+
+
+def process(
+    node: str, i: int, util: int, owner: dict[str, str] | None, user: str | None, command: str
+) -> dict[str, Any]:
+    """The one process on a busy GPU, with what the agent learns of it (attribution)."""
+    p: dict[str, Any] = {"pid": 40000 + 10 * i, "type": "compute", "used_memory_bytes": 20 * 2**30,
+                         "sm_util_pct": max(0, util - 3), "command": command,
+                         "cpu_pct": 99.5 + i, "rss_bytes": (12 + i) * 2**30}  # fmt: skip
+    if user is not None:
+        p["user"] = user
+    if owner is None:
+        p.update(runtime="docker", container_id=f"9c1d2e3f4a5b{node[-1]}{i}" + "0" * 50)
+    elif "job" in owner:
+        p.update(job=owner["job"], step="0", runtime="slurm")
+    else:
+        p.update({k: owner[k] for k in ("pod", "namespace", "container", "pod_uid")},
+                 runtime="containerd", container_id=f"{i}e4b7c1" + "a" * 57)  # fmt: skip
+    return p
 
 
 def status(node: str, state: str, now: int, reason: str) -> bytes:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from telemetryd import topalerts, topdetail, topfmt, topview
+from telemetryd import topalerts, topdetail, topfilter, topfmt, topview
 from telemetryd.alerting.wire import SilenceInfo, request_silence_id
-from telemetryd.watchwire import EventView, GpuSample
+from telemetryd.codec import DecodeError
+from telemetryd.watchwire import EventView, GpuSample, decode_report_view, holders, processes
 from tests.tui.fleet import NOW, S, fleet
 
 
@@ -58,25 +60,95 @@ def test_sorting_each_column_in_its_natural_order() -> None:
 
 def test_text_and_regex_filters() -> None:
     rs = rows()
-    assert names([r for r in rs if topview.make_filter("DGX").matches(r)]) == ["dgx-a", "dgx-b"]
-    assert names([r for r in rs if topview.make_filter("offline").matches(r)]) == ["gpu-04"]
-    assert names([r for r in rs if topview.make_filter("c2/").matches(r)]) == ["dgx-a", "dgx-b"]
-    regex = topview.make_filter("re:^gpu-0[1-3]$")
+    assert names([r for r in rs if topfilter.make_filter("DGX").matches(r)]) == ["dgx-a", "dgx-b"]
+    assert names([r for r in rs if topfilter.make_filter("offline").matches(r)]) == ["gpu-04"]
+    assert names([r for r in rs if topfilter.make_filter("c2/").matches(r)]) == ["dgx-a", "dgx-b"]
+    regex = topfilter.make_filter("re:^gpu-0[1-3]$")
     assert names([r for r in rs if regex.matches(r)]) == ["gpu-01", "gpu-02", "gpu-03"]
-    assert names([r for r in rs if topview.make_filter("~silent|offline").matches(r)]) == [
+    assert names([r for r in rs if topfilter.make_filter("~silent|offline").matches(r)]) == [
         "gpu-04", "gpu-05",
     ]  # fmt: skip
-    alerting = topview.make_filter("", alerts="alerting")
+    alerting = topfilter.make_filter("", alerts="alerting")
     assert names([r for r in rs if alerting.matches(r)]) == ["gpu-02", "gpu-03", "gpu-04"]
-    ok_c2 = topview.make_filter("", cluster="c2", alerts="ok")
+    ok_c2 = topfilter.make_filter("", cluster="c2", alerts="ok")
     assert names([r for r in rs if ok_c2.matches(r)]) == ["dgx-a", "dgx-b"]
     assert ok_c2.describe() == "cluster c2, alerts: ok"
     assert regex.describe() == "regex '^gpu-0[1-3]$'"
 
 
+def test_rows_name_the_jobs_and_pods_holding_each_node() -> None:
+    by = {r.node: r for r in rows()}
+    assert by["gpu-01"].jobs == ("81234",) and by["gpu-01"].pods == ()
+    assert by["gpu-02"].jobs == ("81234", "81240")  # 4 GPUs each: by id
+    assert by["dgx-a"].pods == ("ml-team/llama-train-0",)
+    assert by["dgx-b"].pods == ("inference/bert-serve-7f9c",)  # the Docker half holds nothing
+    assert by["gpu-06"].jobs == by["gpu-06"].pods == ()
+    assert by["gpu-04"].jobs == ("81260",)  # offline: its last known job, shown dimmed
+    cells = {r.node: topview.table_cells(r) for r in rows()}
+    assert cells["gpu-02"][-1] == ("81234, 81240", topfmt.OWNER)
+    assert cells["gpu-04"][-1] == ("81260", "dim") and cells["gpu-06"][-1] == ("-", "dim")
+    assert len(topview.TABLE_COLUMNS) == len(cells["gpu-01"])
+    by_job = names(topview.sort_rows(rows(), "jobs"))
+    assert by_job[:3] == ["gpu-01", "gpu-02", "gpu-03"] and by_job[-1] == "gpu-06"
+    assert names(topview.sort_rows(rows(), "jobs", reverse=True))[-1] == "gpu-06"
+
+
+def test_filter_by_job_id_or_pod() -> None:
+    rs = rows()
+
+    def shown(text: str) -> list[str]:
+        return names([r for r in rs if topfilter.make_filter(text).matches(r)])
+
+    assert shown("81234") == ["gpu-01", "gpu-02"]  # the job's two nodes
+    assert shown("8123") == []  # a job id matches whole: not 81234's nodes
+    assert shown("81260") == ["gpu-04"]  # offline nodes keep their last job
+    assert shown("llama") == ["dgx-a"] and shown("INFERENCE/") == ["dgx-b"]
+    assert shown("~^812(40|51)$") == ["gpu-02", "gpu-03"]
+    assert shown("re:bert-serve") == ["dgx-b"]
+    assert shown("gpu-0") == ["gpu-01", "gpu-02", "gpu-03", "gpu-04", "gpu-05", "gpu-06"]
+
+
+def test_who_holds_a_gpu_and_a_process() -> None:
+    def gpu(*owners: dict[str, str]) -> GpuSample:
+        return decode(json.dumps({"index": 0, "owners": list(owners)}))
+
+    def decode(text: str) -> GpuSample:
+        report = {"schema": 2, "cluster": "c", "node": "n", "boot_id": "b", "seq": 0,
+                  "time_ns": 0, "interval_s": 1.0, "gpus": [json.loads(text)]}  # fmt: skip
+        return decode_report_view(json.dumps(report).encode()).gpus[0]
+
+    both = gpu({"source": "jobmap", "job": "7", "pod": "p", "namespace": "ns"})
+    assert holders(both) == (["7"], [])  # a job id wins, as in the accounting
+    assert holders(gpu({"source": "kubelet", "pod_uid": "u-1"})) == ([], ["u-1"])
+    mixed = gpu(
+        {"source": "cgroup", "job": "9"}, {"source": "kubelet", "pod": "a", "namespace": "b"}
+    )
+    assert holders(mixed) == ([], ["b/a"])  # cgroup owners only count alone
+    assert holders(gpu({"source": "cgroup", "job": "9"}, {"source": "cgroup", "job": "9"})) == (
+        ["9"], [],
+    )  # fmt: skip
+    assert holders(decode('{"index": 0}')) == ([], [])  # schema 1: no owners
+    assert processes(decode('{"index": 0}')) == [] and processes(both) == []
+    assert processes(decode('{"index": 0, "processes": null}')) == []
+    docker = '{"pid": 1, "runtime": "docker", "container_id": "0123456789abcdef", "new": 1}'
+    procs = processes(decode(f'{{"index": 0, "processes": [{docker}]}}'))
+    assert procs[0].owner == "docker:0123456789ab"
+    bad = decode('{"index": 3, "processes": [{"pid": "x"}]}')
+    with pytest.raises(DecodeError, match="pid"):
+        processes(bad)
+    watch, _ = fleet()
+    node = watch.nodes[("c1", "gpu-01")]
+    node.gpus[3].sample = bad
+    row = next(r for r in topdetail.process_rows(node) if r[0][0] == "3")
+    assert row[1][0] == "?" and row[-1][0].startswith("unreadable: ")
+    assert topfmt.holders(["81234", "81240", "81251"], ["ml/a"], width=16) == "81234, 81240 +2"
+    assert topfmt.holders([], ["x" * 40], width=10) == "xxxxxxxxx…"
+    assert topfmt.holders([], []) == "-"
+
+
 def test_bad_regex_is_one_clear_line() -> None:
-    with pytest.raises(topview.FilterError) as err:
-        topview.make_filter("re:gpu-[0")
+    with pytest.raises(topfilter.FilterError) as err:
+        topfilter.make_filter("re:gpu-[0")
     text = str(err.value)
     assert "\n" not in text
     assert text.startswith("filter 're:gpu-[0': bad regular expression (unterminated character")
@@ -183,12 +255,19 @@ def test_node_detail_rows() -> None:
     node = watch.nodes[("c1", "gpu-02")]
     gpus = topdetail.gpu_rows(node)
     assert len(gpus) == 8 and all(len(r) == len(topdetail.GPU_COLUMNS) for r in gpus)
-    assert gpus[5][1][0] == "✗" and gpus[5][-1][0].startswith("FAILED: gpu_lost")
-    assert len(gpus[0][2][0]) == topdetail.SPARK_WIDTH
+    assert gpus[5][2][0] == "✗" and gpus[5][-1][0].startswith("FAILED: gpu_lost")
+    assert [g[1][0] for g in gpus] == ["81234"] * 4 + ["81240"] * 4  # failed GPU 5 keeps its job
+    assert len(gpus[0][3][0]) == topdetail.SPARK_WIDTH
     procs = topdetail.process_rows(node)
-    assert [p[0][0] for p in procs] == ["0", "1", "2", "3", "4", "6", "7"]
-    assert procs[0][2:] == (("alice", ""), ("python train.py --model llama-70b", ""),
-                            ("20.0", ""), ("slurm-81234", ""))  # fmt: skip
+    assert [p[0][0] for p in procs] == ["0", "0", "1", "2", "3", "4", "6", "7"]
+    texts = [[t for t, _ in p] for p in procs]
+    assert dict(zip(topdetail.PROCESS_COLUMNS, texts[0], strict=True)) == {
+        "GPU": "0", "pid": "40000", "user": "alice", "job / pod": "81234.0",
+        "GPU mem GiB": "20.0", "SM %": texts[0][5], "CPU %": "100", "RSS GiB": "12.0",
+        "command": "python train.py --model llama-70b",
+    }  # fmt: skip
+    assert texts[0][5] != "-" and texts[1][3] == "81234.extern" and texts[1][5] == "-"
+    assert texts[-1][3] == "81240.0" and texts[-1][2] == "bob"
     events = topdetail.event_lines(watch.nodes[("c2", "dgx-a")], clock())
     assert [e[0][0] for e in events] == ["12:00:21Z (19s ago)  ", "12:00:20Z (20s ago)  "]
     assert "XID 94" in events[0][1][0] and "XID 48" in events[1][1][0]
@@ -289,7 +368,7 @@ def test_keys_change_the_state() -> None:
     st.sort_by("util")
     assert (st.sort, st.reverse) == ("util", False)
     st.set_filter(" ~^gpu ")
-    with pytest.raises(topview.FilterError):
+    with pytest.raises(topfilter.FilterError):
         st.set_filter("~(")
     assert st.filter_text == "~^gpu" and st.row_filter.cluster == "c1"
     bar = "".join(t for t, _ in viewbar(st))

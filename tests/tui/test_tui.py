@@ -122,6 +122,31 @@ async def test_text_and_regex_filters_and_a_bad_regex() -> None:
 
 
 @sync
+async def test_filter_by_job_shows_the_nodes_of_that_job() -> None:
+    app = app_for()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2", "slash", *"81234", "enter")
+        assert order(app) == ["c1/gpu-01", "c1/gpu-02"]  # job 81234 spans two nodes
+        assert "filter: text '81234'" in text(app, "#viewbar")
+        table = app.screen.query_one("#nodes", RowTable)
+        assert "81234, 81240" in "".join(t for t, _ in table.grid.row(1))
+        await pilot.press("1")
+        heat = text(app, "#heatmap")
+        assert "gpu-01 " in heat and "gpu-02 " in heat and "gpu-03" not in heat
+        await pilot.press("slash")
+        app.screen.query_one("#filter", Input).value = "~^ml-team/"
+        await pilot.press("enter")
+        assert order(app) == ["c2/dgx-a"]  # a pod, by namespace
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen) and app.screen.key == ("c2", "dgx-a")
+        gpus = app.screen.query_one("#gpus", DataTable)
+        assert "ml-team/llama-train-0" in str(gpus.get_row("0")[1])
+        await pilot.press("escape", "question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert "/81234: the nodes" in str(app.screen.query_one("#help", Static).content)
+
+
+@sync
 async def test_drill_down_shows_gpus_processes_and_xid_meaning() -> None:
     app = app_for()
     async with app.run_test(size=SIZE) as pilot:
@@ -132,7 +157,8 @@ async def test_drill_down_shows_gpus_processes_and_xid_meaning() -> None:
         assert gpus.row_count == 8
         assert "FAILED: gpu_lost" in str(gpus.get_row("5")[-1])
         procs = app.screen.query_one("#procs", DataTable)
-        assert procs.row_count == 7 and "slurm-81234" in str(procs.get_row_at(0)[-1])
+        assert procs.row_count == 8 and "81234.0" in str(procs.get_row_at(0)[3])
+        assert "81240" in str(gpus.get_row("5")[1])  # the failed GPU still names its job
         events = text(app, "#events")
         assert "GPU 5 XID 79 GPU has fallen off the bus" in events
         assert "GpuLost" in text(app, "#node-alerts")

@@ -126,3 +126,22 @@ def test_ring_gaps_are_nan() -> None:
     ring.push(1.0)
     ring.push(None)
     assert ring.values()[0] == 1.0 and math.isnan(ring.values()[1])
+
+
+def test_jobs_and_pods_follow_the_newest_report() -> None:
+    w = Watch(clock=Clock())
+    job = [{"source": "jobmap", "job": "81234"}]
+    pod = [{"source": "kubelet", "pod": "llama-0", "namespace": "ml"}]
+    w.ingest("telemetry/v1/c1/n1/report", report(owners=pod))
+    node = w.nodes[("c1", "n1")]
+    assert (node.jobs, node.pods) == ((), ("ml/llama-0",))
+    doc = json.loads(report(seq=1, owners=job))
+    for gpu in doc["gpus"][1:3]:
+        gpu["owners"] = [{"source": "jobmap", "job": "9"}]
+    w.ingest("telemetry/v1/c1/n1/report", json.dumps(doc).encode())
+    assert (node.jobs, node.pods) == (("9", "81234"), ())  # most GPUs first
+    w.ingest("telemetry/v1/c1/n1/report", report(seq=2))  # the jobs ended
+    assert (node.jobs, node.pods) == ((), ())
+    bad = report(seq=3, owners=[{"source": "jobmap", "job": 5}])
+    w.ingest("telemetry/v1/c1/n1/report", bad)
+    assert w.rejected["payload"] == 1 and "owners" in w.last_problem
