@@ -48,9 +48,11 @@ METRICS = ("util", "temp", "power", "mem")  # ring-buffered per GPU, for sparkli
 EVENTS_KEPT = 64  # per node
 
 
-def _most_first(counts: Counter[str]) -> tuple[str, ...]:
+def _most_first(counts: dict[str, int]) -> tuple[str, ...]:
     """Keys by how many GPUs they hold, most first, then by name."""
-    return tuple(sorted(counts, key=lambda k: (-counts[k], k))) if counts else ()
+    if len(counts) < 2:
+        return tuple(counts)
+    return tuple(sorted(counts, key=lambda k: (-counts[k], k)))
 
 
 @dataclass
@@ -232,15 +234,17 @@ class Watch:
         state.report, state.received_ns = report, now
         state.reports += 1
         day = datetime.fromtimestamp(now / 1e9).toordinal()
-        jobs: Counter[str] = Counter()
-        pods: Counter[str] = Counter()
+        jobs: dict[str, int] = {}  # GPUs each holds (plain dicts: Counter.update is slower)
+        pods: dict[str, int] = {}
         for sample in report.gpus:
             if len(sample.processes):  # keep the GPU's slice, not the whole payload
                 sample.processes = sample.processes.copy()
             if sample.owners:
                 gpu_jobs, gpu_pods = holders(sample)
-                jobs.update(gpu_jobs)
-                pods.update(gpu_pods)
+                for key in gpu_jobs:
+                    jobs[key] = jobs.get(key, 0) + 1
+                for key in gpu_pods:
+                    pods[key] = pods.get(key, 0) + 1
             gpu = state.gpus.get(sample.index)
             if gpu is None:
                 rings = {m: Ring(self.history) for m in METRICS}

@@ -132,8 +132,9 @@ def holders(sample: GpuSample) -> tuple[list[str], list[str]]:
     owners = sample.owners
     if not owners:
         return jobs, pods
-    direct = [o for o in owners if o.source != "cgroup"]
-    for owner in direct or owners:
+    if len(owners) > 1:  # one owner (the usual case) counts whatever its source
+        owners = [o for o in owners if o.source != "cgroup"] or owners
+    for owner in owners:
         if owner.job:
             if owner.job not in jobs:
                 jobs.append(owner.job)
