@@ -339,5 +339,5 @@ def status_line(watch: Watch, now_ns: int, rate: float | None) -> list[Part]:
         parts += [(f"  {rejected} rejected: ", "bold #e0a000"), (watch.last_problem[:80], "dim")]
     elif watch.notice:
         parts += [("  ", ""), (watch.notice[:100], "#e0a000")]
-    parts.append(("  ? help  q quit", "dim"))
+    parts.append(("  / filter: node, job, pod  ? help  q quit", "dim"))
     return parts

@@ -345,6 +345,7 @@ def test_totals_and_status_lines() -> None:
     assert "alerts 2 critical 1 warning 1 pending 1 silenced" in text
     status = "".join(t for t, _ in topview.status_line(watch, clock(), 1234.4))
     assert status.startswith("connected to mqtt://broker.example:1883  1234 msg/s  data age 1s")
+    assert status.endswith("/ filter: node, job, pod  ? help  q quit")
     watch.ingest("telemetry/v1/c1/x/report", b"{")
     status = "".join(t for t, _ in topview.status_line(watch, clock(), None))
     assert "- msg/s" in status and "1 rejected: telemetry/v1/c1/x/report" in status
