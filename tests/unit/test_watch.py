@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 from telemetryd.alerting.model import Alert
 from telemetryd.alerting.wire import PendingAlerts, SilenceInfo, Silences
 from telemetryd.codec import encode_json
 from telemetryd.watch import Watch
-from telemetryd.watchwire import Ring
+from telemetryd.watchwire import Ring, processes
 from tests.reports import sampled
 
 T0 = 1_700_000_000_000_000_000
@@ -145,3 +146,14 @@ def test_jobs_and_pods_follow_the_newest_report() -> None:
     bad = report(seq=3, owners=[{"source": "jobmap", "job": 5}])
     w.ingest("telemetry/v1/c1/n1/report", bad)
     assert w.rejected["payload"] == 1 and "owners" in w.last_problem
+
+
+def test_processes_are_kept_raw_without_holding_the_payload() -> None:
+    w = Watch(clock=Clock())
+    procs = [{"pid": 7, "type": "compute", "user": "alice", "job": "81234", "step": "0"}]
+    payload = report(processes=procs)
+    before = sys.getrefcount(payload)
+    w.ingest("telemetry/v1/c1/n1/report", payload)
+    assert sys.getrefcount(payload) == before  # only its slice is kept, copied
+    sample = w.nodes[("c1", "n1")].gpus[0].sample
+    assert [(p.pid, p.user, p.owner) for p in processes(sample)] == [(7, "alice", "81234.0")]
