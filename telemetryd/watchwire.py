@@ -10,7 +10,7 @@ newer agent with more fields must still show up in an older ``top``, and an olde
 Who holds a GPU (``owners``: job, pod) is decoded with every report, because the node
 table and the filter use it. Processes are shown only in one node's detail view, so they
 are kept as raw JSON and decoded by :func:`processes` when that view draws: at 1,000
-reports a second with two processes per GPU that is a sixth of the decoding saved.
+reports a second with two processes per GPU that saves about a fifth of the decoding.
 """
 
 from __future__ import annotations
