@@ -100,7 +100,8 @@ def report(node: str, seq: int, now: int) -> bytes:
         gpu.update(
             uuid=f"GPU-{node}-{i}", util_gpu_pct=u, util_mem_pct=u // 2,
             temp_c=float(round(temp + 8 * wave + (i % 3))), mem_temp_c=float(temp + 5),
-            power_w=round(min(700, 700 * share + 120 * wave), 1), energy_mj=1_000_000 * (100 + seq),
+            power_w=round(min(700, max(60, 700 * share + 120 * wave)), 1),
+            energy_mj=1_000_000 * (100 + seq),
             fb_used_bytes=int(gpu["fb_total_bytes"] * (0.1 + 0.8 * u / 100)),
             sm_clock_mhz=1980 if u else 345, pstate=0 if u else 8,
             clock_event_reasons=[] if u else ["gpu_idle"],
@@ -119,12 +120,13 @@ def report(node: str, seq: int, now: int) -> bytes:
                        remap_uncorrectable_rows=1)  # fmt: skip
     if node == "gpu-02":
         lost = {"code": "gpu_lost", "message": "GPU has fallen off the bus"}
-        doc["gpus"][5] = {"index": 5, "uuid": "GPU-gpu-02-5", "name": doc["gpus"][5]["name"],
-                          "error": lost, "owners": doc["gpus"][5]["owners"]}  # fmt: skip
+        kept = ("name", "pci_bus_id", "driver", "owners")
+        doc["gpus"][5] = {"index": 5, "uuid": "GPU-gpu-02-5", "error": lost,
+                          **{k: doc["gpus"][5][k] for k in kept}}  # fmt: skip
         doc["gpus"][0]["processes"].append(
             {"pid": 41999, "type": "compute", "used_memory_bytes": 512 * 2**20, "user": "alice",
              "command": "python -m torch.utils.bottleneck", "job": "81234", "step": "extern",
-             "cpu_pct": 3.0, "rss_bytes": 2**30, "runtime": "slurm"}
+             "cpu_pct": 3.0, "rss_bytes": 2**30, "unit": "slurmstepd.scope"}
         )  # fmt: skip
     return json.dumps(doc).encode()
 
@@ -141,10 +143,10 @@ def process(
     if owner is None:
         p.update(runtime="docker", container_id=f"9c1d2e3f4a5b{node[-1]}{i}" + "0" * 50)
     elif "job" in owner:
-        p.update(job=owner["job"], step="0", runtime="slurm")
+        p.update(job=owner["job"], step="0", unit="slurmstepd.scope")
     else:
         p.update({k: owner[k] for k in ("pod", "namespace", "container", "pod_uid")},
-                 runtime="containerd", container_id=f"{i}e4b7c1" + "a" * 57)  # fmt: skip
+                 runtime="kubernetes", container_id=f"{i}e4b7c1" + "a" * 57)  # fmt: skip
     return p
 
 

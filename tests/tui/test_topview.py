@@ -10,8 +10,9 @@ import pytest
 from telemetryd import topalerts, topdetail, topfilter, topfmt, topview
 from telemetryd.alerting.wire import SilenceInfo, request_silence_id
 from telemetryd.codec import DecodeError
+from telemetryd.model import decode_report
 from telemetryd.watchwire import EventView, GpuSample, decode_report_view, holders, processes
-from tests.tui.fleet import NOW, S, fleet
+from tests.tui.fleet import NODES, NOW, SILENT_AFTER_ROUND, T0, S, fleet, report
 
 
 def rows() -> list[topview.NodeRow]:
@@ -74,6 +75,14 @@ def test_text_and_regex_filters() -> None:
     assert names([r for r in rs if ok_c2.matches(r)]) == ["dgx-a", "dgx-b"]
     assert ok_c2.describe() == "cluster c2, alerts: ok"
     assert regex.describe() == "regex '^gpu-0[1-3]$'"
+
+
+def test_the_fixed_fleet_sends_valid_reports() -> None:
+    """Its owners and processes are what an agent may send: the aggregator's strict decoder."""
+    for node in NODES:
+        for seq in (0, SILENT_AFTER_ROUND):
+            decoded = decode_report(report(node, seq, T0 + seq * S))
+            assert decoded.node == node and len(decoded.gpus) == 8
 
 
 def test_rows_name_the_jobs_and_pods_holding_each_node() -> None:
