@@ -130,6 +130,9 @@ async def test_filter_by_job_shows_the_nodes_of_that_job() -> None:
         assert "filter: text '81234'" in text(app, "#viewbar")
         table = app.screen.query_one("#nodes", RowTable)
         assert "81234, 81240" in "".join(t for t, _ in table.grid.row(1))
+        jobs_x = sum(table.grid.widths[:-1]) + 2 * (len(table.grid.widths) - 1) + 2
+        await pilot.click("#nodes", offset=(jobs_x, 0))  # the "jobs / pods" header sorts
+        assert app.state.sort == "jobs" and "sort jobs" in text(app, "#viewbar")
         await pilot.press("1")
         heat = text(app, "#heatmap")
         assert "gpu-01 " in heat and "gpu-02 " in heat and "gpu-03" not in heat
