@@ -107,6 +107,7 @@ def report(node: str, seq: int, now: int) -> bytes:
             clock_event_reasons=[] if u else ["gpu_idle"],
         )  # fmt: skip
         owner, user, command = next(o for gpus, o in OWNERS[node] if i in gpus)
+        gpu.pop("owners", None)  # whatever the simulator's report had: this fleet's own
         if owner is not None:
             gpu["owners"] = [owner]
         gpu["processes"] = [process(node, i, u, owner, user, command)] if u else []
