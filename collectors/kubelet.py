@@ -161,9 +161,10 @@ def _api() -> _Api:
                 type=field.TYPE_MESSAGE if of else field.TYPE_STRING,
                 type_name=f".v1.{of}" if of else None,
             )
-    file = descriptor_pool.DescriptorPool().AddSerializedFile(proto.SerializeToString())
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(proto.SerializeToString())
     classes = {
-        name: message_factory.GetMessageClass(file.message_types_by_name[name])
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"v1.{name}"))
         for name, _ in _MESSAGES
     }
     request, response = classes["ListPodResourcesRequest"], classes["ListPodResourcesResponse"]
@@ -320,8 +321,9 @@ def _describe(exc: Any, status: Any, timeout: float) -> str:
     if code == status.DEADLINE_EXCEEDED:
         return f"no answer within {timeout:g} s"
     if code == status.UNAVAILABLE:
-        # grpc repeats the address three times; the OS error at the end is the news.
-        return f"cannot connect ({details.rsplit('error: ', 1)[-1] or 'unavailable'})"
+        # grpc repeats the address (how often depends on its version); the OS error at
+        # the end is the news: "…; last error: …: No such file or directory".
+        return f"cannot connect ({details.rsplit(': ', 1)[-1] or 'unavailable'})"
     if code == status.UNIMPLEMENTED:
         return "the kubelet does not serve v1.PodResourcesLister/List (Kubernetes 1.20+)"
     name = getattr(code, "name", str(code))

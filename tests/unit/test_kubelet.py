@@ -188,10 +188,12 @@ def test_kubelet_down_midway_keeps_the_last_answer_then_drops_it(
         clock.now += 25
         assert c.devices() == {}  # 35 s without an answer: the pods are not claimed any more
         assert c.devices() == {}
-        failures = [r for r in caplog.records if "List failed" in r.getMessage()]
-        assert len(failures) == 1
-        assert failures[0].levelno == logging.WARNING
-        assert "cannot connect (No such file or directory)" in failures[0].getMessage()
+        # Four failed calls, each kind logged once (grpc may first see the closing
+        # connection, then the missing socket: two kinds at most).
+        failures = [r.getMessage() for r in caplog.records if "List failed" in r.getMessage()]
+        assert 1 <= len(failures) == len(set(failures)) <= 2
+        assert all(r.levelno == logging.WARNING for r in caplog.records if "List" in r.msg)
+        assert "cannot connect (No such file or directory)" in failures[-1]
         stub.pods = PODS[:1]
         stub.start()  # the kubelet is back, on the same path
         deadline = time.monotonic() + 10
