@@ -25,13 +25,15 @@ k8s.io/kubelet/pkg/apis/podresources/v1/api.proto::
 The fields left out are kept by the parser as unknown fields, so newer kubelets stay
 readable. The API gives no pod UID: ``PodRef.uid`` is empty.
 
-Failures. A call is bounded by ``timeout``. A failed call logs one warning per distinct
-error (again after the kubelet has answered in between) and returns the last good answer
-while it is younger than ``keep_for`` (30 s, three default intervals), {} after that. The
-grace is there because the job accountant ends a pod's job when its GPUs stop listing it:
-without it a kubelet restart (an upgrade, a config change) would split every running pod's
-energy record in two. It is short because a pod that really ended would otherwise be
-shown on its GPU. An answer younger than ``max_age`` is reused without a call.
+Failures. A call is bounded by ``timeout``, which must stay below the agent's
+``collector_timeout``: that is the deadline of the whole attribution stage. A failed call
+logs one warning per distinct error (again after the kubelet has answered in between) and
+returns the last good answer while it is younger than ``keep_for`` (30 s, three default
+intervals), {} after that. The grace is there because the job accountant ends a pod's job
+when its GPUs stop listing it: without it a kubelet restart (an upgrade, a config change)
+would split every running pod's energy record in two. It is short because a pod that
+really ended would otherwise be shown on its GPU. An answer younger than ``max_age`` is
+reused without a call.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ LIST_METHOD = "/v1.PodResourcesLister/List"
 GPU_RESOURCE = "nvidia.com/gpu"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
 SHARED_SUFFIX = ".shared"  # the device plugin's time-slicing / MPS with renameByDefault
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the kubelet's own pod-resources client allows this
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # as Kubernetes' node e2e tests ask; grpc's default is 4
 _REPLICA = re.compile(r"::\d+\Z")  # "GPU-…::3": replica 3 of a time-sliced or MPS GPU
 _UUID = re.compile(r"^(?:GPU|MIG)-[0-9A-Za-z/-]+\Z")
 
