@@ -343,13 +343,20 @@ class ProcessInspector:
         self.command = command
         self.command_max = command_max
         self._tracked: dict[int, _Tracked] = {}
-        if os.path.normpath(procfs) != os.path.normpath(psutil.PROCFS_PATH):
-            log.info("psutil reads processes from %s (attribution proc_root)", procfs)
-            psutil.PROCFS_PATH = procfs
+        self.procfs: str | None = procfs
+        if os.path.normpath(procfs) == os.path.normpath(psutil.PROCFS_PATH):
+            return
+        if not os.path.isfile(os.path.join(procfs, "stat")):
+            log.warning("attribution proc_root %s is not a procfs (no stat file); the user, "
+                        "command, CPU and RSS of GPU processes are not read", procfs)  # fmt: skip
+            self.procfs = None
+            return
+        log.info("psutil reads processes from %s (attribution proc_root)", procfs)
+        psutil.PROCFS_PATH = procfs
 
     def inspect(self, pids: Iterable[int]) -> dict[int, ProcessInfo]:
         """What is known of each pid now; a pid that does not exist is left out."""
-        wanted = set(pids)
+        wanted = set(pids) if self.procfs is not None else set()
         for gone in set(self._tracked) - wanted:
             del self._tracked[gone]
         found: dict[int, ProcessInfo] = {}

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from collectors.host import ProcessInspector
@@ -81,3 +82,29 @@ def test_pids_not_asked_again_are_forgotten(child: subprocess.Popen[bytes]) -> N
 def test_pid_that_never_existed() -> None:
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     assert ProcessInspector().inspect([pid_max + 1]) == {}
+
+
+def test_a_proc_root_that_is_not_a_procfs_is_refused_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = psutil.PROCFS_PATH
+    with caplog.at_level(logging.WARNING):
+        inspector = ProcessInspector(procfs=str(tmp_path))
+        assert inspector.inspect([os.getpid()]) == {}
+        assert inspector.inspect([os.getpid()]) == {}
+    assert before == psutil.PROCFS_PATH
+    assert [r.getMessage() for r in caplog.records] == [
+        f"attribution proc_root {tmp_path} is not a procfs (no stat file); the user, command,"
+        " CPU and RSS of GPU processes are not read"
+    ]
+
+
+def test_the_hosts_procfs_mounted_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(psutil, "PROCFS_PATH", "/proc")
+    host_proc = tmp_path / "host-proc"  # as a container's /host/proc
+    host_proc.symlink_to("/proc")
+    inspector = ProcessInspector(procfs=str(host_proc))
+    assert str(host_proc) == psutil.PROCFS_PATH
+    assert inspector.inspect([os.getpid()])[os.getpid()].rss_bytes
