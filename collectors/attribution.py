@@ -36,14 +36,19 @@ class Attributor:
 
     name = "attribution"
 
-    def __init__(self, cfg: AttributionConfig) -> None:
+    def __init__(self, cfg: AttributionConfig, *, real_pids: bool = True) -> None:
+        """Take the sources from configuration; ``real_pids=False`` for the simulator.
+
+        Simulated pids are made up: looking them up in /proc would pin a simulated GPU on
+        whatever real process has that number, so neither psutil nor cgroups are read.
+        """
         self.cfg = cfg
         self.jobmap = JobMapReader(cfg.job_map_dir) if cfg.job_map_dir else None
         self.kubelet: PodResourcesClient | None = None
-        self.cgroups = CgroupReader(cfg.proc_root)
+        self.cgroups = CgroupReader(cfg.proc_root) if real_pids else None
         self.inspector = (
             ProcessInspector(cfg.command, cfg.command_max, cfg.proc_root)
-            if cfg.host_processes
+            if cfg.host_processes and real_pids
             else None
         )
 
@@ -75,7 +80,8 @@ class Attributor:
         pods: dict[str, PodRef] = self.kubelet.devices() if self.kubelet is not None else {}
         pids = {p.pid for gpu in gpus for p in gpu.processes or ()}
         host = self.inspector.inspect(pids) if self.inspector is not None else {}
-        cgroups = {pid: self.cgroups.read(pid) for pid in sorted(pids)}
+        reader = self.cgroups
+        cgroups = {pid: reader.read(pid) for pid in sorted(pids)} if reader is not None else {}
         by_uid: dict[str, list[PodRef]] = {}
         for ref in pods.values():
             if ref.uid:

@@ -188,6 +188,12 @@ def test_host_side_off_keeps_cgroup_attribution(proc_root: Path) -> None:
     assert g.processes[0].rss_bytes is None and g.processes[0].command is None
 
 
+def test_made_up_pids_are_not_looked_up() -> None:
+    g = gpu(0, os.getpid())
+    Attributor(AttributionConfig(), real_pids=False).attribute([g])
+    assert g.processes == [GpuProcess(pid=os.getpid(), type="compute")]
+
+
 def test_sampler_runs_it_on_simulated_gpus(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs"
     jobs.mkdir()

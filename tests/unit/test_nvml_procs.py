@@ -127,3 +127,14 @@ def test_simulated_processes_carry_utilisation_that_follows_the_load() -> None:
         assert abs(proc.sm_util_pct - gpu.util_gpu_pct) <= 12
         assert proc.mem_util_pct < proc.sm_util_pct or proc.sm_util_pct == 0
         assert (proc.enc_util_pct, proc.dec_util_pct) == (0, 0)
+
+
+def test_a_recording_keyed_by_the_recorder_replays() -> None:
+    """``collect --record`` keys the call by its timestamp argument (0 on the first read)."""
+    rec = recording("a6000")
+    device = rec["devices"][0]
+    device["nvmlDeviceGetProcessUtilization(0)"] = device.pop(PROCESS_UTILIZATION)
+    lib = FakeNvml(rec)
+    proc = _gpu(lib).processes[0]  # type: ignore[index]
+    assert proc.sm_util_pct == 7
+    assert not lib.unrecorded
