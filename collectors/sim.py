@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from collectors.cards import card_path
-from collectors.fakenvml import FakeHandle, FakeNvml, load_recording
+from collectors.fakenvml import PROCESS_UTILIZATION, FakeHandle, FakeNvml, load_recording
 from collectors.nvml import NvmlBackend
 from collectors.scenario import Fault, load_scenario
 from collectors.simphysics import TICK_S, CardSpec, GpuPhysics
@@ -42,6 +42,8 @@ _MIXED = [
 ]
 UINT_MAX = 0xFFFFFFFF
 XID, DBE, REMAP, REMAP_FAILURE = 0x8, 0x2, 0x400, 0x800
+PROCESS_PERIOD_US = 166_667  # recent drivers sample process utilisation at ~6 Hz
+PROCESS_RING_US = 20_000_000  # and keep about this much of it
 
 
 def _personalise(base: dict[str, Any], node: str, index: int) -> dict[str, Any]:
@@ -236,6 +238,29 @@ class SimNvml(FakeNvml):
             value_type, value = counters[key]
             return {"type": value_type, "value": value}
         return None
+
+    def process_samples(self, dev: int, mig: int | None, since_us: int) -> list[dict[str, int]]:
+        """Process utilisation as a driver keeps it: a sample per pid every 1/6 s in a ring.
+
+        SM % follows the physics' load with a little per-sample spread, memory % the same
+        share of it as the GPU's own memory utilisation; no encoder or decoder work. A card
+        whose recording marks the call as an error keeps that error.
+        """
+        recorded = self.devices[dev].get(PROCESS_UTILIZATION)
+        s = self.physics[dev].state
+        if mig is not None or isinstance(recorded, dict) or not s.processes:
+            return super().process_samples(dev, mig, since_us) if recorded else []
+        now = time.time_ns() // 1000
+        first = max(since_us, now - PROCESS_RING_US) // PROCESS_PERIOD_US + 1
+        out: list[dict[str, int]] = []
+        for pid, _ in s.processes:
+            for step in range(first, now // PROCESS_PERIOD_US + 1):
+                spread = 0.9 + (zlib.crc32(f"{pid}/{step}".encode()) % 101) / 1000
+                out.append({"pid": pid, "timeStamp": step * PROCESS_PERIOD_US,
+                            "smUtil": round(s.util * spread),
+                            "memUtil": round(s.util * 0.55 * spread),
+                            "encUtil": 0, "decUtil": 0})  # fmt: skip
+        return out
 
     def gpm_value(self, dev: int, metric: int) -> float:
         """GPM metrics from the physics, for cards that support GPM."""
