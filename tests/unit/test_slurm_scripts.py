@@ -66,7 +66,9 @@ def test_prologs_starting_together_lose_no_job(tmp_path):
                              env={**environ, "SLURM_JOB_ID": str(job), "SLURM_JOB_GPUS": "0"})
             for job in range(1, 7)]  # fmt: skip
     assert [p.wait(timeout=60) for p in runs] == [0] * 6
-    assert sorted(JobMapReader(tmp_path).read()[(0, None)], key=int) == [str(j) for j in range(1, 7)]
+    assert sorted(JobMapReader(tmp_path).read()[(0, None)], key=int) == [
+        str(j) for j in range(1, 7)
+    ]
     assert files(tmp_path) == {"0": (tmp_path / "0").read_text()}  # no temporary file left
 
 
