@@ -206,3 +206,20 @@ def test_the_agent_accounts_before_spooling_and_continues_after_a_restart(tmp_pa
     first = before[0].gpus[2].energy_mj
     assert first is not None and after[-1].gpus[2].energy_mj is not None
     assert record.energy_mj == after[-1].gpus[2].energy_mj - first
+
+
+def test_the_demo_agents_schedule_jobs_and_publish_them(tmp_path):
+    from telemetryd.demo import Demo, DemoOptions
+
+    cfg = Demo(DemoOptions(), tmp_path, print).agent_config(0, "mqtt://127.0.0.1:1883")
+    assert cfg.sim.jobs and cfg.attribution.jobs
+    sampler = open_sampler(cfg)
+    try:
+        report = asyncio.run(sampler.sample())
+    finally:
+        sampler.close()
+    JobAccountant(None).update(report)
+    held = sorted(g.index for g in report.gpus if g.owners)
+    assert held and held == sorted(j.gpus[0].index for j in report.jobs)
+    assert all(j.job.startswith("sim-00-") for j in report.jobs)
+    assert sorted(int(p.name) for p in (tmp_path / "agent-sim-00" / "jobs").glob("[0-9]")) == held
