@@ -93,6 +93,15 @@ def test_without_a_job_id_one_line_says_so(tmp_path, name):
     assert done.stderr.count("\n") == 1 and "SLURM_JOB_ID is not set" in done.stderr
 
 
+def test_jobmap_without_a_mode_says_what_it_expects(tmp_path):
+    done = script("jobmap.sh", tmp_path, SLURM_JOB_ID="1")
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == "telemetryd jobmap.sh: expected 'add' (prolog) or 'remove' (epilog), got ''\n"
+    )
+
+
 def test_a_gpu_given_by_uuid_is_skipped_with_a_line(tmp_path):
     done = script("prolog.sh", tmp_path, SLURM_JOB_ID="3", CUDA_VISIBLE_DEVICES="GPU-ab12,1")
     assert done.returncode == 0
