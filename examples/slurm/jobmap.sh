@@ -12,6 +12,8 @@
 # GPUs writes nothing); JOB_MAP_DIR (default /run/telemetryd/jobs); JOB_MAP_LOCK_WAIT
 # (seconds to wait for a lock before taking it over, default 10).
 set -eu
+PATH=/usr/local/bin:/usr/bin:/bin  # slurmd runs prologs with no search path
+export PATH
 
 case ${1:-} in
 add) me="telemetryd prolog" setting=Prolog ;;

@@ -1,12 +1,11 @@
 """examples/slurm: the prolog and epilog run as Slurm would, read back by JobMapReader.
 
 The scripts run under /bin/sh (dash on Debian, so a bashism fails here) with only the
-environment slurmd gives them.
+environment slurmd gives them: no PATH (Slurm runs prologs without a search path).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -18,7 +17,7 @@ SLURM = Path(__file__).resolve().parents[2] / "examples" / "slurm"
 
 
 def script(name: str, directory: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JOB_MAP_DIR": str(directory)}
+    environ = {"PATH": "", "JOB_MAP_DIR": str(directory)}  # no search path, as slurmd
     return subprocess.run(["/bin/sh", str(SLURM / name)], env={**environ, **env},
                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
 
@@ -61,7 +60,7 @@ def test_two_jobs_sharing_a_gpu(tmp_path):
 
 
 def test_prologs_starting_together_lose_no_job(tmp_path):
-    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JOB_MAP_DIR": str(tmp_path)}
+    environ = {"PATH": "", "JOB_MAP_DIR": str(tmp_path)}
     runs = [subprocess.Popen(["/bin/sh", str(SLURM / "prolog.sh")],
                              env={**environ, "SLURM_JOB_ID": str(job), "SLURM_JOB_GPUS": "0"})
             for job in range(1, 7)]  # fmt: skip
