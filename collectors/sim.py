@@ -5,7 +5,9 @@ above NVML (the reader, timeouts, events, the agent, the aggregator, alerts) run
 would on a GPU node. Identity comes from the recorded card, made unique per node and GPU
 (UUIDs are derived from the node name, so a simulated fleet has no duplicate GPUs).
 Scenario faults act where real ones do: an XID arrives through the event set, a lost GPU
-makes every call fail with GPU_IS_LOST, a hang blocks an NVML call.
+makes every call fail with GPU_IS_LOST, a hang blocks an NVML call. With
+``[agent.sim] jobs`` the simulator also writes its jobs to the job mapping directory
+(collectors/simjobs.py), as a Slurm prolog and epilog would.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collectors.cards import card_path
 from collectors.fakenvml import PROCESS_UTILIZATION, FakeHandle, FakeNvml, load_recording
 from collectors.nvml import NvmlBackend
 from collectors.scenario import Fault, load_scenario
+from collectors.simjobs import SIM_JOBS_NEED_DIR, SimScheduler
 from collectors.simphysics import TICK_S, CardSpec, GpuPhysics
 from telemetryd.config import AgentConfig
 from telemetryd.errors import SourceUnavailable
@@ -71,6 +74,7 @@ class SimNvml(FakeNvml):
         workload: str = "mixed",
         faults: list[Fault] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        scheduler: SimScheduler | None = None,
     ) -> None:
         base = card["devices"][0]
         super().__init__({**card, "devices": [_personalise(base, node, i) for i in range(gpus)]})
@@ -92,6 +96,7 @@ class SimNvml(FakeNvml):
         self._started: set[int] = set()
         self._ended: set[int] = set()
         self._clock = clock
+        self.scheduler = scheduler
         self._t0 = clock()
         self._updated = -1.0
         self._lock = threading.Lock()
@@ -114,6 +119,8 @@ class SimNvml(FakeNvml):
                     self._end(fault)
             for physics in self.physics:
                 physics.advance(WARMUP_S + t)
+            if self.scheduler is not None:
+                self.scheduler.sync(self.physics)
 
     def _start(self, fault: Fault) -> None:
         p, dev = self.physics[fault.gpu], fault.gpu
@@ -283,8 +290,25 @@ def create(cfg: AgentConfig) -> NvmlBackend:
                 seed=cfg.sim.seed,
                 workload=cfg.sim.workload,
                 faults=faults,
+                scheduler=_scheduler(cfg, node),
             )
         except ValueError as exc:
             raise SourceUnavailable(f"simulator: {exc}") from None
 
     return NvmlBackend(build, cfg.nvml, name="sim")
+
+
+def _scheduler(cfg: AgentConfig, node: str) -> SimScheduler | None:
+    """The job-map writer ``[agent.sim] jobs`` asks for; SourceUnavailable saying why not."""
+    if not cfg.sim.jobs:
+        return None
+    if not cfg.attribution.job_map_dir:
+        raise SourceUnavailable(f"simulator: [agent.sim] jobs {SIM_JOBS_NEED_DIR}")
+    scheduler = SimScheduler(cfg.attribution.job_map_dir, node, cfg.sim.gpus)
+    try:
+        scheduler.open()
+    except OSError as exc:
+        raise SourceUnavailable(
+            f"simulator: job_map_dir {cfg.attribution.job_map_dir}: {exc.strerror or exc}"
+        ) from None
+    return scheduler
