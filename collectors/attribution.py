@@ -82,14 +82,9 @@ class Attributor:
         host = self.inspector.inspect(pids) if self.inspector is not None else {}
         reader = self.cgroups
         cgroups = {pid: reader.read(pid) for pid in sorted(pids)} if reader is not None else {}
-        by_uid: dict[str, list[PodRef]] = {}
-        for ref in pods.values():
-            if ref.uid:
-                by_uid.setdefault(ref.uid, []).append(ref)
         for gpu in gpus:
-            held = [pods[u] for u in _uuids(gpu) if u in pods]
             for proc in gpu.processes or ():
-                _fill(proc, host.get(proc.pid), cgroups.get(proc.pid), by_uid, held)
+                _fill(proc, host.get(proc.pid), cgroups.get(proc.pid), _held(gpu, proc, pods))
             owners = _jobmap_owners(gpu, mapping) + _kubelet_owners(gpu, pods)
             if not owners:
                 owners = _cgroup_owners(gpu)
@@ -103,18 +98,25 @@ class Attributor:
             self.kubelet = None
 
 
-def _uuids(gpu: Gpu) -> list[str]:
-    return [gpu.uuid, *(m.uuid for m in gpu.mig)]
+def _held(gpu: Gpu, proc: GpuProcess, pods: dict[str, PodRef]) -> PodRef | None:
+    """The container the kubelet gave the GPU (or MIG instance) this process runs on."""
+    if proc.gi_id is not None:
+        for mig in gpu.mig:
+            if mig.gi_id == proc.gi_id and mig.uuid in pods:
+                return pods[mig.uuid]
+    return pods.get(gpu.uuid)
 
 
 def _fill(
-    proc: GpuProcess,
-    host: ProcessInfo | None,
-    cgroup: CgroupInfo | None,
-    by_uid: dict[str, list[PodRef]],
-    held: list[PodRef],
+    proc: GpuProcess, host: ProcessInfo | None, cgroup: CgroupInfo | None, held: PodRef | None
 ) -> None:
-    """Set one process's host side, its cgroup's owner, and the kubelet's names for it."""
+    """Set one process's host side, its cgroup's owner, and the kubelet's names for it.
+
+    pod-resources says which container holds a device, but not the pod's UID: a process
+    whose cgroup is a pod's, on a device the kubelet gave one container, is that
+    container's (a device plugin gives a device to one container; shared GPUs keep the
+    first, see collectors/kubelet.py).
+    """
     if host is not None:
         proc.user, proc.command = host.user, host.command
         proc.cpu_pct, proc.rss_bytes = host.cpu_pct, host.rss_bytes
@@ -123,14 +125,8 @@ def _fill(
     proc.job, proc.step, proc.unit = cgroup.job, cgroup.step, cgroup.unit
     proc.pod_uid, proc.container_id = cgroup.pod_uid, cgroup.container_id
     proc.runtime = cgroup.runtime
-    refs = by_uid.get(cgroup.pod_uid or "", [])
-    if refs:
-        proc.pod, proc.namespace = refs[0].pod, refs[0].namespace
-        # pod-resources names the container holding each device, not container ids: the
-        # one holding this GPU, else the pod's only GPU container, else unknown.
-        mine = {r.container for r in held if r.uid == cgroup.pod_uid}
-        names = mine or {r.container for r in refs}
-        proc.container = names.pop() if len(names) == 1 else None
+    if cgroup.pod_uid is not None and held is not None:
+        proc.pod, proc.namespace, proc.container = held.pod, held.namespace, held.container
 
 
 def _cgroup_owners(gpu: Gpu) -> list[GpuOwner]:

@@ -110,7 +110,7 @@ class AttributionConfig(_Section):
 
     host_processes: Annotated[
         bool,
-        _doc("Add each GPU process's user, command line, CPU and RSS (psutil) and its cgroup."),
+        _doc("Add each GPU process's user, command line, CPU and RSS (psutil)."),
     ] = True
     command: Annotated[
         Literal["full", "name", "off"],

@@ -85,33 +85,29 @@ def test_pod_processes_give_uid_and_container(proc_root: Path) -> None:
     assert g.owners == [GpuOwner(source="cgroup", pod_uid=U1)]
 
 
-def test_kubelet_names_fill_processes_and_cgroup_owners(proc_root: Path) -> None:
+def test_kubelet_names_fill_the_processes_of_the_device_it_gave(proc_root: Path) -> None:
     a = attributor(proc_root)
-    # the kubelet knows the pod by another GPU it holds: names by pod UID still apply
-    a.kubelet = GivenKubelet({"GPU-0009": PodRef("trainer-0", "ml", "worker", U1)})
+    a.kubelet = GivenKubelet({"GPU-0001": PodRef("trainer-0", "ml", "worker")})
     g = gpu(1, 41872)
     a.attribute([g])
     assert g.processes is not None
     p = g.processes[0]
-    assert (p.pod, p.namespace, p.container) == ("trainer-0", "ml", "worker")
-    assert g.owners == [GpuOwner(source="cgroup", pod="trainer-0", namespace="ml",
-                                 container="worker", pod_uid=U1)]  # fmt: skip
+    assert (p.pod, p.namespace, p.container, p.pod_uid) == ("trainer-0", "ml", "worker", U1)
+    assert g.owners == [GpuOwner(source="kubelet", pod="trainer-0", namespace="ml",
+                                 container="worker")]  # fmt: skip
 
 
-def test_container_name_is_left_out_when_the_pod_has_several(proc_root: Path) -> None:
+def test_a_pod_process_on_a_device_the_kubelet_did_not_give_keeps_only_its_uid(
+    proc_root: Path,
+) -> None:
+    # pod-resources has no pod UIDs: names come only with the device the kubelet gave
     a = attributor(proc_root)
-    a.kubelet = GivenKubelet({"GPU-0008": PodRef("p", "ns", "a", U1),
-                              "GPU-0009": PodRef("p", "ns", "b", U1)})  # fmt: skip
+    a.kubelet = GivenKubelet({"GPU-0009": PodRef("trainer-0", "ml", "worker")})
     g = gpu(1, 41872)
     a.attribute([g])
     assert g.processes is not None
-    assert (g.processes[0].pod, g.processes[0].container) == ("p", None)
-    # ...unless the kubelet says which of them holds this very GPU
-    g = gpu(8, 41872)
-    a.attribute([g])
-    assert g.processes is not None and g.processes[0].container == "a"
-    assert g.owners == [GpuOwner(source="kubelet", pod="p", namespace="ns", container="a",
-                                 pod_uid=U1)]  # fmt: skip
+    assert (g.processes[0].pod, g.processes[0].pod_uid) == (None, U1)
+    assert g.owners == [GpuOwner(source="cgroup", pod_uid=U1)]
 
 
 def test_scheduler_owners_win_over_cgroup_ones(proc_root: Path, tmp_path: Path) -> None:
