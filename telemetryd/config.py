@@ -96,6 +96,13 @@ class SimConfig(_Section):
     seed: Annotated[
         int, _doc("Random seed; the same seed and node name give the same readings.", ge=0)
     ] = 0
+    jobs: Annotated[
+        bool,
+        _doc(
+            "Act as the node's scheduler: each simulated job (a GPU's busy phase) is written"
+            " to [agent.attribution] job_map_dir while it runs, as a Slurm prolog would."
+        ),
+    ] = False
 
 
 class AttributionConfig(_Section):
@@ -103,7 +110,7 @@ class AttributionConfig(_Section):
 
     host_processes: Annotated[
         bool,
-        _doc("Add each GPU process's user, command line, CPU and RSS (psutil) and its cgroup."),
+        _doc("Add each GPU process's user, command line, CPU and RSS (psutil)."),
     ] = True
     command: Annotated[
         Literal["full", "name", "off"],

@@ -266,7 +266,8 @@ def open_sampler(
         collectors.append(collector)
     attributor: Attributor | None = None
     if gpu is not None:
-        attributor = Attributor(cfg.attribution)
+        # Simulated pids are not processes of this machine: never look them up in /proc.
+        attributor = Attributor(cfg.attribution, real_pids=gpu.name != "sim")
         for source, reason in attributor.open().items():
             absent[source] = reason
             log.warning("%s: %s", source, reason)
