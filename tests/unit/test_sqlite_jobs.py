@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from exporters import sqlite_migrate
 from exporters.sqlite import SqliteReader, SqliteSink
 from telemetryd.model import JobRecord, Report, decode_report
 from tests.unit.sqlite_cases import Clock, copy, full_report, raw, run, write_all
@@ -110,8 +111,14 @@ def test_old_jobs_expire_on_their_end_and_processes_with_their_gpus(db):
     assert raw(db, "SELECT DISTINCT time_ns FROM gpu_process") == [((now - 60) * S,)]
 
 
-def test_a_version_2_file_is_migrated_and_rebuilds_every_report(db):
-    """A store written by the version-2 code (tests/fixtures/sqlite/make_v2.py)."""
+@pytest.mark.parametrize("json_functions", [True, False], ids=["sqlite-json", "python"])
+def test_a_version_2_file_is_migrated_and_rebuilds_every_report(db, json_functions, monkeypatch):
+    """A store written by the version-2 code (tests/fixtures/sqlite/make_v2.py).
+
+    Processes move by SQLite's JSON functions, or row by row where SQLite lacks them.
+    """
+    if not json_functions:
+        monkeypatch.setattr(sqlite_migrate, "has_json", lambda _con: False)
     con = sqlite3.connect(db)
     con.executescript((FIXTURES / "v2.sql").read_text())
     con.execute("PRAGMA user_version = 2")
