@@ -120,8 +120,10 @@ class SqliteSink:
     def stats(self) -> dict[str, int]:
         """Counters for the operator: rows per table, batches, errors, rows expired or rolled up.
 
-        ``rows_<table>``: rows written, less gpu and host rows of a report written again
-        after it was rolled up. ``rollup_rows``: raw rows rolled into gpu_1m and host_1m.
+        ``rows_<table>``: rows written, less gpu, gpu_process and host rows of a report
+        written again after it was rolled up (``rows_job``: job records offered, including
+        those an equal or newer stored record made no-ops). ``rollup_rows``: raw rows
+        rolled into gpu_1m and host_1m.
         """
         return dict(self._stats)
 
