@@ -166,7 +166,8 @@ def delete_chunk(con: sqlite3.Connection, table: Table, cutoff_ns: int) -> tuple
     """Delete up to about CHUNK_ROWS rows older than ``cutoff_ns``; (deleted, table done).
 
     WITHOUT ROWID tables have no rowid to page through, so the chunk is a time bound: the
-    time of the CHUNK_ROWS-th oldest expired row, found on the key (time comes first).
+    time of the CHUNK_ROWS-th oldest expired row, found on the key (time comes first) or,
+    for the job table, on its ``end_ns`` index.
     """
     name, t = table.name, quote(table.time)
     con.execute("BEGIN IMMEDIATE")
