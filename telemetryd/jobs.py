@@ -96,6 +96,7 @@ def _join_one(cluster: str, key: str, items: list[tuple[str, JobRecord]]) -> Job
     end = max(r.end_ns for r in recs)
     energies = [r.energy_mj for r in recs if r.energy_mj is not None]
     energy = sum(energies) if energies else None
+    power = energy / 1e3 / ((end - start) / 1e9) if energy is not None and end > start else None
     weighted = [(r.util_mean_pct, r.samples * len(r.gpus)) for r in recs]
     weight = sum(w for u, w in weighted if u is not None)
     util_mean = sum(u * w for u, w in weighted if u is not None) / weight if weight else None
@@ -107,8 +108,7 @@ def _join_one(cluster: str, key: str, items: list[tuple[str, JobRecord]]) -> Job
         gpus=[f"{node}:{index}" for node, index in gpus],
         start_ns=start, end_ns=end, samples=sum(r.samples for r in recs),
         energy_mj=energy,
-        mean_power_w=energy / 1000 / ((end - start) / 1e9) if energy is not None and end > start
-        else None,
+        mean_power_w=power,
         util_mean_pct=util_mean,
         util_peak_pct=_max(r.util_peak_pct for r in recs),
         mem_peak_bytes=_max(r.mem_peak_bytes for r in recs),
