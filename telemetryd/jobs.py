@@ -178,6 +178,15 @@ class JobTable:
         """The jobs with at least one running part."""
         return [j for j in self.jobs(now_ns) if j.state == "running"]
 
+    def held(self, now_ns: int) -> list[tuple[Job, list[tuple[str, int]]]]:
+        """The running jobs, each with the (node, GPU index) pairs it holds now."""
+        holding: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        for (cluster, job, node), (_t, rec) in self.parts.items():
+            if rec.state == "running":
+                gpus = [(node, g.index) for g in rec.gpus if g.end_ns is None]
+                holding.setdefault((cluster, job), []).extend(gpus)
+        return [(j, sorted(holding[(j.cluster, j.job)])) for j in self.running(now_ns)]
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state for the fleet snapshot."""
         return {
