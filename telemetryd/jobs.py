@@ -196,6 +196,8 @@ class JobTable:
 
     def restore(self, data: dict[str, Any]) -> None:
         """Load a ``snapshot``; entries that do not decode are skipped (a newer format)."""
+        if not isinstance(data, dict):
+            return
         for item in data.get("parts", []):
             try:
                 cluster, node, t, raw = item
