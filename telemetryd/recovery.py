@@ -1,8 +1,9 @@
 """Start-up of the aggregator: the last snapshot, then the WAL records written after it.
 
 The snapshot holds the fleet's sequence accounting, the live job table and the alert
-engine's state with the WAL index they cover; replaying the records after that index (alerts on sample time, so
-they reach the same states) makes a crash cost nothing but the replay.
+engine's state with the WAL index they cover; replaying the records after that index
+(alerts on sample time, so they reach the same states) makes a crash cost nothing but the
+replay.
 """
 
 from __future__ import annotations
