@@ -2,8 +2,9 @@
 
 The exporters/sqlite*.py modules are the only ones that import sqlite3: this one (the
 sink), sqlite_schema.py (the raw tables, derived from the wire model), sqlite_rollup.py
-(the 1-minute rollups), sqlite_upkeep.py (expiry and rollups, in chunks) and
-sqlite_reader.py (reading back, for ``export`` and tests). The connection lives on one
+(the 1-minute rollups), sqlite_upkeep.py (expiry and rollups, in chunks),
+sqlite_migrate.py (older files brought up to date) and sqlite_reader.py (reading back,
+for ``export``, ``jobs`` and tests). The connection lives on one
 Worker thread for its whole life (sqlite3 objects belong to the thread that made them,
 and every call blocks on disk), so the event loop only awaits.
 
@@ -39,16 +40,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from exporters.base import SinkError
+from exporters.sqlite_migrate import MIGRATIONS, create_table
 from exporters.sqlite_reader import SqliteReader
 from exporters.sqlite_rollup import ROLLUPS, drop_rolled, rollback
 from exporters.sqlite_schema import (
-    EVENT,
     SCHEMA_VERSION,
     TABLES,
     Row,
     Table,
     fit_int64,
-    quote,
     to_rows,
 )
 from exporters.sqlite_upkeep import Options, Retention, options
@@ -297,41 +297,16 @@ def _create_schema(con: sqlite3.Connection, path: Path) -> None:
         version = _check_version(con, path)
         if version:
             while version < SCHEMA_VERSION:
-                _MIGRATIONS[version](con)
+                MIGRATIONS[version](con)
                 version += 1
                 log.info("sqlite %s: migrated to schema version %d", path, version)
         for table in ALL_TABLES:
-            _create_table(con, table)
+            create_table(con, table)
         con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         con.execute("COMMIT")
     except BaseException:
         rollback(con)
         raise
-
-
-def _create_table(con: sqlite3.Connection, table: Table) -> None:
-    """Create the table and its indexes if missing, and add the columns it lacks."""
-    for statement in table.create():
-        con.execute(statement)
-    have = {row[1] for row in con.execute(f"PRAGMA table_info({table.name})")}
-    for name, kind in table.columns:
-        if name not in have:  # a field the model gained since the file was made
-            con.execute(f"ALTER TABLE {table.name} ADD COLUMN {quote(name)} {kind}")
-
-
-def _to_2(con: sqlite3.Connection) -> None:
-    """1 to 2: the rollup tables; event ``position``, ``details`` and (boot_id, seq) index.
-
-    Only additions: every row keeps its values. Events stored by version 1 have no
-    position; the reader returns those of one report in key order.
-    """
-    for rollup in ROLLUPS:
-        _create_table(con, rollup.table)
-    _create_table(con, EVENT)
-
-
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_2}
-"""From each older version to the next, run in order inside the open's transaction."""
 
 
 def _check_version(con: sqlite3.Connection, path: Path) -> int:
@@ -347,7 +322,7 @@ def _check_version(con: sqlite3.Connection, path: Path) -> int:
         raise SinkError(
             f"sqlite {path}: has tables but no telemetryd schema version; not a telemetryd database"
         )
-    if 0 < version < SCHEMA_VERSION and version not in _MIGRATIONS:
+    if 0 < version < SCHEMA_VERSION and version not in MIGRATIONS:
         raise SinkError(
             f"sqlite {path}: database schema version {version} has no migration to {SCHEMA_VERSION}"
         )

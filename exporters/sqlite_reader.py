@@ -39,8 +39,12 @@ from exporters.sqlite_schema import (
     EVENT_FIELDS,
     GPU,
     GPU_FIELDS,
+    GPU_PROCESS,
     HOST,
     HOST_FIELDS,
+    JOB,
+    JOB_FIELDS,
+    PROCESS_FIELDS,
     REPORT_FIELDS,
     SCHEMA_VERSION,
     TABLES,
@@ -48,15 +52,22 @@ from exporters.sqlite_schema import (
 )
 from telemetryd.codec import DecodeError, convert
 from telemetryd.fields import Fields
-from telemetryd.model import Report
+from telemetryd.model import JobRecord, Report
 
 _KEYS_PER_QUERY = 250  # (time_ns, node) pairs bound in one lookup: 500 variables
 ROLLUP_PAGE = 1000  # rollup rows read per query
 _ROLLUPS = {r.table.name: r.table for r in ROLLUPS}
 Row = dict[str, Any]
 Key = tuple[int, str]  # (time_ns, node)
-Parts = tuple[dict[Key, list[Row]], dict[Key, Row], dict[tuple[str, str, int], list[Row]]]
-"""A page's gpu rows by report, host row by report, event rows by (node, boot_id, seq)."""
+GpuKey = tuple[int, str, int]  # (time_ns, node, gpu_index)
+Parts = tuple[
+    dict[Key, list[Row]],
+    dict[GpuKey, list[Row]],
+    dict[Key, Row],
+    dict[tuple[str, str, int], list[Row]],
+]
+"""A page's gpu rows by report, process rows by GPU, host row by report, event rows by
+(node, boot_id, seq)."""
 T = TypeVar("T")
 
 
@@ -116,6 +127,9 @@ class SqliteReader:
         gpus: defaultdict[Key, list[Row]] = defaultdict(list)
         for row in self._by_key(GPU, ("time_ns", "node"), keys, order="gpu_index"):
             gpus[(row["time_ns"], row["node"])].append(row)
+        procs: defaultdict[GpuKey, list[Row]] = defaultdict(list)
+        for row in self._by_key(GPU_PROCESS, ("time_ns", "node"), keys, order="slot"):
+            procs[(row["time_ns"], row["node"], row["gpu_index"])].append(row)
         hosts = {
             (row["time_ns"], row["node"]): row
             for row in self._by_key(HOST, ("time_ns", "node"), keys, order="time_ns")
@@ -126,12 +140,13 @@ class SqliteReader:
         order = "position IS NULL, position, time_ns, kind, gpu_index, code"
         for row in self._by_key(EVENT, ("boot_id", "seq"), reports, order=order):
             events[(row["node"], row["boot_id"], row["seq"])].append(row)
-        return gpus, hosts, events
+        return gpus, procs, hosts, events
 
     def _report(
         self,
         agent: Row,
         gpus: dict[Key, list[Row]],
+        procs: dict[GpuKey, list[Row]],
         hosts: dict[Key, Row],
         events: dict[tuple[str, str, int], list[Row]],
     ) -> Report:
@@ -149,7 +164,9 @@ class SqliteReader:
             else:
                 doc[name] = value
         doc["agent"] = stats
-        doc["gpus"] = [_gpu(row) for row in gpus.get(key, ())]
+        doc["gpus"] = [
+            _gpu(row, procs.get((*key, row["gpu_index"]), [])) for row in gpus.get(key, ())
+        ]
         host = hosts.get(key)
         if host is not None:
             nested = _exact(host)  # first: it puts exact values back into the row
@@ -163,6 +180,42 @@ class SqliteReader:
                 f"rebuilt: {exc}"
             ) from None
         return report
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    def job_parts(
+        self, *, since_ns: int | None = None, node: str | None = None, job: str | None = None
+    ) -> list[tuple[str, str, JobRecord]]:
+        """(cluster, node, record) of every job part stored, newest record of each.
+
+        ``since_ns``: the parts whose end is at or after it (a running part ends at its
+        newest report). Ordered by cluster, job, node, start.
+        """
+        clauses: list[str] = []
+        args: list[Any] = []
+        for column, value in (("node", node), ("job", job)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if since_ns is not None:
+            clauses.append("end_ns >= ?")
+            args.append(since_ns)
+        where = " AND ".join(clauses) or "true"
+        order = ", ".join(name for name, _ in JOB.key)
+        parts = []
+        for row in self._rows(f"SELECT * FROM job WHERE {where} ORDER BY {order}", args):  # noqa: S608
+            details = _exact(row)
+            doc = {"job": row["job"], "start_ns": row["start_ns"], "gpus": []}
+            doc |= _scalars(row, JOB_FIELDS) | details
+            try:
+                record = convert(doc, JobRecord)
+            except DecodeError as exc:
+                raise SinkError(
+                    f"sqlite {self.path}: job {row['job']!r} of node {row['node']} cannot be "
+                    f"read back: {exc}"
+                ) from None
+            parts.append((row["cluster"], row["node"], record))
+        return parts
 
     # --- rollups and raw rows ---------------------------------------------------------
 
@@ -329,9 +382,11 @@ def _scalars(row: Row, fields: Fields) -> dict[str, Any]:
     return out
 
 
-def _gpu(row: Row) -> dict[str, Any]:
+def _gpu(row: Row, processes: list[Row]) -> dict[str, Any]:
     details = _exact(row)
     gpu = {"index": row["gpu_index"], **_scalars(row, GPU_FIELDS), **details}
+    if row["process_count"] is not None:
+        gpu["processes"] = [_scalars(p, PROCESS_FIELDS) | _exact(p) for p in processes]
     if row["error_code"] is not None:
         gpu["error"] = {"code": row["error_code"], "message": row["error_message"]}
     reasons = row["clock_event_reasons"]

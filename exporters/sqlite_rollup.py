@@ -28,6 +28,10 @@ same transaction, so a crash never counts a row twice or loses it. A batch writt
 after it was rolled up (the aggregator replays from its cursor after a crash) would count
 twice; ``drop_rolled`` keeps those rows out (see there).
 
+Process rows (gpu_process) have no rollup: a pid averaged over a minute means nothing.
+They are deleted with the raw gpu rows they belong to, in the same transaction, so they
+are kept ``raw_days``: pids are the short-retention data ../DESIGN.md asks for.
+
 Events and agent rows are never rolled up: they are small, the agent table is how loss is
 counted (one row per report), and both stay raw until ``retention_days``.
 """
@@ -38,7 +42,17 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 
-from exporters.sqlite_schema import AGENT, GPU, HOST, Batch, Row, Table, check_names, quote
+from exporters.sqlite_schema import (
+    AGENT,
+    GPU,
+    GPU_PROCESS,
+    HOST,
+    Batch,
+    Row,
+    Table,
+    check_names,
+    quote,
+)
 
 log = logging.getLogger(__name__)
 MINUTE_NS = 60 * 10**9
@@ -67,6 +81,10 @@ class Rollup:
     """Source columns rolled up as min, mean and max."""
     kept: tuple[str, ...]
     """Source columns whose last value in the minute is kept (text, bools, details)."""
+    companions: tuple[Table, ...] = ()
+    """Tables of rows that belong to a source row (same time and node) and have no rollup
+    of their own: deleted with it, in the same transaction, so a report never comes back
+    with its GPUs but not their processes, or the other way round."""
 
     def upsert(self) -> str:
         """Roll the raw rows of ``[?, ?)`` up, merging into rows already there."""
@@ -127,7 +145,7 @@ class Rollup:
         return sets
 
 
-def rollup_of(source: Table) -> Rollup:
+def rollup_of(source: Table, companions: tuple[Table, ...] = ()) -> Rollup:
     """The 1-minute rollup of a raw table keyed (time_ns, ...)."""
     numeric: list[str] = []
     kept: list[str] = []
@@ -156,10 +174,10 @@ def rollup_of(source: Table) -> Rollup:
         raise TypeError(
             f"sqlite table {table.name}: rollup column(s) named like raw ones: {reused}"
         )
-    return Rollup(table, source, tuple(numeric), tuple(kept))
+    return Rollup(table, source, tuple(numeric), tuple(kept), companions)
 
 
-GPU_1M = rollup_of(GPU)
+GPU_1M = rollup_of(GPU, companions=(GPU_PROCESS,))
 HOST_1M = rollup_of(HOST)
 ROLLUPS = (GPU_1M, HOST_1M)
 _UPSERT = {r.table.name: r.upsert() for r in ROLLUPS}
@@ -182,6 +200,7 @@ def roll_chunk(
             (lo_ns, hi_ns),
         ).fetchone()
         if first is None:
+            _delete(con, rollup.companions, lo_ns, hi_ns)
             con.execute("COMMIT")
             return 0, True
         bound = con.execute(
@@ -196,6 +215,7 @@ def roll_chunk(
             f"DELETE FROM {src.name} WHERE {t} >= ? AND {t} < ?",  # noqa: S608
             (first, end),
         ).rowcount
+        _delete(con, rollup.companions, lo_ns, end)
         con.execute("COMMIT")
     except BaseException:
         rollback(con)
@@ -203,8 +223,14 @@ def roll_chunk(
     return n, end >= hi_ns
 
 
+def _delete(con: sqlite3.Connection, tables: tuple[Table, ...], lo_ns: int, hi_ns: int) -> None:
+    for table in tables:
+        t = quote(table.time)
+        con.execute(f"DELETE FROM {table.name} WHERE {t} >= ? AND {t} < ?", (lo_ns, hi_ns))  # noqa: S608
+
+
 def drop_rolled(con: sqlite3.Connection, batch: Batch, before_ns: int) -> Batch:
-    """``batch`` without the gpu and host rows of reports already rolled up.
+    """``batch`` without the gpu, gpu_process and host rows of reports already rolled up.
 
     A report of ``(time_ns, node)`` was rolled up if its agent row is stored (agent rows
     are never rolled up) but its raw rows are not: writing those again would count them
@@ -213,10 +239,12 @@ def drop_rolled(con: sqlite3.Connection, batch: Batch, before_ns: int) -> Batch:
     transaction, before its inserts.
     """
     return Batch(
-        _unrolled(con, GPU, batch.gpu, before_ns),
-        _unrolled(con, HOST, batch.host, before_ns),
-        batch.event,
-        batch.agent,
+        gpu=_unrolled(con, GPU, batch.gpu, before_ns),
+        gpu_process=_unrolled(con, GPU, batch.gpu_process, before_ns),
+        host=_unrolled(con, HOST, batch.host, before_ns),
+        event=batch.event,
+        agent=batch.agent,
+        job=batch.job,
     )
 
 

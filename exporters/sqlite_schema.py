@@ -15,7 +15,7 @@ stored as REAL in its column; clock_event_reasons that commas cannot join back).
 key that names a column of the row holds that column's exact value, which is how
 exporters/sqlite_reader.py rebuilds every report exactly.
 
-Why every key starts with ``time_ns``: the key is what makes a write idempotent, but its
+Why every key but one starts with ``time_ns``: the key is what makes a write idempotent, but its
 column order is also the order rows are stored in. Keyed ``(node, gpu_index, time_ns)``,
 a batch from 1000 nodes lands in 8000 places of the table and each of those pages is
 rewritten; keyed by time first, a batch appends at one end. Measured on 2 cores, gpu
@@ -24,6 +24,19 @@ falling (the last batches at 2,100/s), time first 11,000/s and flat. The same re
 the gpu table to one secondary index, (uuid, time_ns): an index not led by time costs one
 page write per GPU per batch, and adding (node, gpu_index, time_ns) cost a third (7,200/s).
 Per-node questions go through the time-ordered key with a time bound, or the uuid index.
+The one exception is ``job``: a row per job and node, replaced while the job runs, so it
+is keyed by what it is, (cluster, job, node, start_ns), and expires on ``end_ns``; it gets
+a few rows per job, not per interval, so its key order costs nothing measurable.
+
+Processes have a table of their own (``gpu_process``, one row per process per GPU per
+report, ``slot`` its place in the GPU's list): one column per field, so "what did job 1234
+run" is a query, not JSON digging. The gpu row keeps ``process_count`` (NULL when the
+report said nothing about processes, 0 when it said "none"), which is what rebuilds the
+list, and the GPU's owners as ``hpc_job``, ``pod``, ``namespace``, ``container`` columns
+(exporters/owners.py) beside the exact list in ``details``. Job records are stored twice
+on purpose: each report's list stays in its agent row's ``details`` (so a report rebuilds
+exactly), and the ``job`` table keeps the newest record of each job per node, for
+``telemetryd jobs``.
 
 No sqlite3 here: this module only says what the raw tables look like and turns reports
 into tuples in column order, with plain attribute access (``operator.attrgetter``) because
@@ -38,15 +51,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporters.owners import owner_labels
 from telemetryd.codec import encode_json
 from telemetryd.fields import Fields, split_fields
-from telemetryd.model import AgentStats, Event, Gpu, Host, Report
+from telemetryd.model import AgentStats, Event, Gpu, GpuProcess, Host, JobRecord, Report
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """``PRAGMA user_version`` of the layout below; bump when a key, table or index changes.
 
 1: gpu, host, event, agent. 2: adds the gpu_1m and host_1m rollups, event ``position``
-(the event's place in its report) and ``details``, and the event (boot_id, seq) index."""
+(the event's place in its report) and ``details``, and the event (boot_id, seq) index.
+3: adds gpu_process and job, and gpu ``process_count`` and owner columns (processes
+move out of the gpu rows' ``details``)."""
 
 ABSENT_KEY = -1
 """Stands for an absent ``gpu_index``/``code`` in the event key: SQLite treats NULLs in a
@@ -72,11 +88,17 @@ class Table:
     indexes: tuple[tuple[str, ...], ...]
     booleans: frozenset[str] = field(default=frozenset())
     """INTEGER columns that hold a bool: a rollup keeps their last value, not a mean."""
+    expires_on: str = ""
+    """The time column when it is not first in the key (the job table: ``end_ns``)."""
+    newer: str = ""
+    """For a table whose rows are replaced by newer versions of themselves (job): the
+    condition, on ``excluded`` (the new row) and the stored row, under which the new one
+    wins; an older version written later (a spool drained after an outage) is ignored."""
 
     @property
     def time(self) -> str:
-        """The time column, first in the key: what retention and rollups bound on."""
-        return self.key[0][0]
+        """The time column, first in the key unless said: what retention bounds on."""
+        return self.expires_on or self.key[0][0]
 
     def all_columns(self) -> tuple[tuple[str, str], ...]:
         """Key columns first, then the others: the order of every row tuple."""
@@ -103,7 +125,14 @@ class Table:
         """The one INSERT of this table: the same key written again replaces the row."""
         names = ", ".join(quote(name) for name, _ in self.all_columns())
         marks = ", ".join("?" * len(self.all_columns()))
-        return f"INSERT OR REPLACE INTO {self.name} ({names}) VALUES ({marks})"  # noqa: S608
+        if not self.newer:
+            return f"INSERT OR REPLACE INTO {self.name} ({names}) VALUES ({marks})"  # noqa: S608
+        key = ", ".join(quote(name) for name, _ in self.key)
+        sets = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n, _ in self.columns)
+        return (
+            f"INSERT INTO {self.name} ({names}) VALUES ({marks}) "  # noqa: S608
+            f"ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {self.newer}"
+        )
 
 
 def quote(name: str) -> str:
@@ -121,10 +150,14 @@ DETAILS = (("details", "TEXT"),)
 # The report's own fields: each is stored by a table below or (if nested and unclaimed)
 # in the agent row's details, so a new top-level field cannot be dropped either.
 REPORT_FIELDS = split_fields(Report, skip={"node", "time_ns", "agent", "gpus", "host", "events"})
-GPU_FIELDS = split_fields(Gpu, skip={"index", "error", "clock_event_reasons"})
+GPU_FIELDS = split_fields(Gpu, skip={"index", "error", "clock_event_reasons", "processes"})
 HOST_FIELDS = split_fields(Host)
 EVENT_FIELDS = split_fields(Event, skip={"time_ns", "kind", "gpu_index", "code"})
 AGENT_FIELDS = split_fields(AgentStats)
+PROCESS_FIELDS = split_fields(GpuProcess)
+JOB_FIELDS = split_fields(JobRecord, skip={"job", "start_ns"})
+OWNER_COLUMNS = (("hpc_job", "TEXT"), ("pod", "TEXT"), ("namespace", "TEXT"), ("container", "TEXT"))
+"""The GPU's owners as exporters/owners.py joins them: for queries, not read back."""
 
 GPU = Table(
     "gpu",
@@ -135,10 +168,19 @@ GPU = Table(
         ("error_code", "TEXT"),
         ("error_message", "TEXT"),
         ("clock_event_reasons", "TEXT"),
+        ("process_count", "INTEGER"),
+        *OWNER_COLUMNS,
         *DETAILS,
     ),
     indexes=(("uuid", "time_ns"),),
     booleans=booleans(GPU_FIELDS),
+)
+GPU_PROCESS = Table(
+    "gpu_process",
+    key=(("time_ns", "INTEGER"), ("node", "TEXT"), ("gpu_index", "INTEGER"), ("slot", "INTEGER")),
+    columns=(("cluster", "TEXT"), *scalar_columns(PROCESS_FIELDS), *DETAILS),
+    indexes=(),
+    booleans=booleans(PROCESS_FIELDS),
 )
 HOST = Table(
     "host",
@@ -176,12 +218,30 @@ AGENT = Table(
     indexes=(("boot_id", "seq"), ("node", "time_ns")),
     booleans=booleans(REPORT_FIELDS, AGENT_FIELDS),
 )
-TABLES = (GPU, HOST, EVENT, AGENT)
+JOB = Table(
+    "job",
+    key=(("cluster", "TEXT"), ("job", "TEXT"), ("node", "TEXT"), ("start_ns", "INTEGER")),
+    columns=(
+        *scalar_columns(JOB_FIELDS),
+        ("gpu_count", "INTEGER"),
+        ("gpu_indices", "TEXT"),
+        *DETAILS,
+    ),
+    indexes=(("end_ns",),),
+    booleans=booleans(JOB_FIELDS),
+    expires_on="end_ns",
+    # An ended record beats a running one; among equals the later, then the longer one.
+    newer="(excluded.state = 'ended', excluded.end_ns, excluded.samples) >= "
+    "(job.state = 'ended', job.end_ns, job.samples)",
+)
+TABLES = (GPU, GPU_PROCESS, HOST, EVENT, AGENT, JOB)
 _NESTED = {
     "gpu": GPU_FIELDS.nested,
+    "gpu_process": PROCESS_FIELDS.nested,
     "host": HOST_FIELDS.nested,
     "event": EVENT_FIELDS.nested,
     "agent": REPORT_FIELDS.nested,
+    "job": JOB_FIELDS.nested,
 }
 
 
@@ -224,11 +284,15 @@ _host_values = HOST_FIELDS.getter()
 _event_values = EVENT_FIELDS.getter()
 _agent_values = AGENT_FIELDS.getter()
 _report_values = REPORT_FIELDS.getter()
+_process_values = PROCESS_FIELDS.getter()
+_job_values = JOB_FIELDS.getter()
 _GPU_NESTED = GPU_FIELDS.nested
 _HOST_NESTED = HOST_FIELDS.nested
 _EVENT_NESTED = EVENT_FIELDS.nested
 _REPORT_NESTED = REPORT_FIELDS.nested
 _AGENT_NESTED = AGENT_FIELDS.nested
+_PROCESS_NESTED = PROCESS_FIELDS.nested
+_JOB_NESTED = JOB_FIELDS.nested
 
 
 def joinable(reasons: list[str]) -> bool:
@@ -241,13 +305,15 @@ class Batch:
     """A batch of reports as rows, one list per table, in ``TABLES`` order."""
 
     gpu: list[Row]
+    gpu_process: list[Row]
     host: list[Row]
     event: list[Row]
     agent: list[Row]
+    job: list[Row]
 
     def by_table(self) -> tuple[tuple[Table, list[Row]], ...]:
         """(table, rows) pairs, the order rows are written in."""
-        return ((GPU, self.gpu), (HOST, self.host), (EVENT, self.event), (AGENT, self.agent))
+        return tuple((table, getattr(self, table.name)) for table in TABLES)
 
 
 def to_rows(reports: Sequence[Report]) -> Batch:
@@ -257,9 +323,11 @@ def to_rows(reports: Sequence[Report]) -> Batch:
     test_sqlite_sink.py checks the lengths and reads every kind of value back.
     """
     gpu: list[Row] = []
+    processes: list[Row] = []
     host: list[Row] = []
     event: list[Row] = []
     agent: list[Row] = []
+    jobs: list[Row] = []
     for r in reports:
         node = r.node
         t = r.time_ns
@@ -270,6 +338,7 @@ def to_rows(reports: Sequence[Report]) -> Batch:
             exact = (
                 None if reasons is None or joinable(reasons) else {"clock_event_reasons": reasons}
             )
+            procs = g.processes
             gpu.append(
                 (
                     t,
@@ -280,9 +349,13 @@ def to_rows(reports: Sequence[Report]) -> Batch:
                     None if err is None else err.code,
                     None if err is None else err.message,
                     None if reasons is None else ",".join(reasons),
+                    None if procs is None else len(procs),
+                    *owner_labels(g.owners),
                     _json(g, _GPU_NESTED, exact),
                 )
             )
+            if procs:
+                processes += process_rows(t, node, g.index, cluster, procs)
         h = r.host
         if h is not None:
             host.append((t, node, cluster, *_host_values(h), _json(h, _HOST_NESTED)))
@@ -310,7 +383,35 @@ def to_rows(reports: Sequence[Report]) -> Batch:
         agent.append(
             (t, node, *_report_values(r), *_agent_values(a), _json(r, _REPORT_NESTED, extra))
         )
-    return Batch(gpu, host, event, agent)
+        jobs += job_rows(cluster, node, r.jobs)
+    return Batch(gpu, processes, host, event, agent, jobs)
+
+
+def process_rows(
+    t: int, node: str, index: int, cluster: str, processes: Sequence[GpuProcess]
+) -> list[Row]:
+    """The gpu_process rows of one GPU: ``slot`` is the place in its list, kept on rebuild."""
+    return [
+        (t, node, index, slot, cluster, *_process_values(p), _json(p, _PROCESS_NESTED))
+        for slot, p in enumerate(processes)
+    ]
+
+
+def job_rows(cluster: str, node: str, records: Sequence[JobRecord]) -> list[Row]:
+    """The job rows of one report's job records (the GPUs' own shares go into details)."""
+    return [
+        (
+            cluster,
+            j.job,
+            node,
+            j.start_ns,
+            *_job_values(j),
+            len(j.gpus),
+            ",".join(str(g.index) for g in j.gpus),
+            _json(j, _JOB_NESTED),
+        )
+        for j in records
+    ]
 
 
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1

@@ -9,6 +9,10 @@ Two named tasks in one TaskGroup:
   held from before oldest first at a bounded rate, and removes each report from the spool
   only after its PUBACK. On any failure it reconnects with capped, jittered backoff.
 
+With ``[agent.attribution] jobs`` the sampler's report also goes through the job
+accountant (telemetryd/jobacct.py) before it is spooled, so a job's ended record is as
+durable as the report carrying it; the accounts live in ``<state_dir>/jobs.json``.
+
 Delivery is at least once: a report published just before a crash is sent again, and the
 aggregator recognises it by (node, boot, seq).
 """
@@ -28,6 +32,7 @@ from telemetryd.backoff import Backoff
 from telemetryd.codec import encode_json
 from telemetryd.config import AgentConfig
 from telemetryd.connect import mqtt_settings
+from telemetryd.jobacct import JobAccountant
 from telemetryd.model import (
     SCHEMA_VERSION,
     EventMessage,
@@ -78,8 +83,10 @@ class Agent:
         interval: float,
         backlog_rate: float,
         clock: Callable[[], float] = time.time,
+        accountant: JobAccountant | None = None,
     ) -> None:
         self.sampler = sampler
+        self.accountant = accountant
         self.spool = spool
         self.settings = settings
         self.interval = interval
@@ -129,6 +136,8 @@ class Agent:
             try:
                 report = await self.sampler.sample(seq)
                 self._stamp(report)
+                if self.accountant is not None:
+                    await self._account(self.accountant, report)
                 if not self._gpus and report.gpus:
                     self._gpus = [
                         GpuInventory(
@@ -145,6 +154,17 @@ class Agent:
                 missed = int(late // self.interval)
                 self.overruns += missed
                 log.warning("sample took %.1fs: skipped %d tick(s)", late, missed)
+
+    async def _account(self, accountant: JobAccountant, report: Report) -> None:
+        """Job records into the report (off the loop: it saves its state file).
+
+        A bug in the accounting must not cost the report: it goes out without job records.
+        """
+        try:
+            await asyncio.to_thread(accountant.update, report)
+        except Exception:
+            log.exception("job accounting failed; report %d goes out without jobs", report.seq)
+            report.jobs = []
 
     def _stamp(self, report: Report) -> None:
         stats = report.agent
@@ -309,8 +329,9 @@ async def serve(
         )
         if publish_timeout is not None:
             settings.timeout = publish_timeout
+        accountant = JobAccountant(directory / "jobs.json") if cfg.attribution.jobs else None
         agent = Agent(sampler, spool, settings, interval=cfg.interval,
-                      backlog_rate=cfg.backlog_rate)  # fmt: skip
+                      backlog_rate=cfg.backlog_rate, accountant=accountant)  # fmt: skip
         log.info(
             "agent %s/%s: %d GPU source(s), every %gs to %s, spool %s",
             sampler.cluster, sampler.node, 1 if sampler.gpu else 0, cfg.interval,

@@ -91,7 +91,8 @@ def test_rollup_values_are_exact(db):
     # Text and bools: the minute's last sample.
     assert a["driver"] == "555" and a["mig_mode"] == 0 and a["clock_event_reasons"] == "reason3"
     assert a["uuid"] == reports[0].gpus[0].uuid and a["cluster"] == "c-1"
-    assert json.loads(a["details"])["processes"][0]["pid"] == 4242
+    # Processes are not rolled up (a pid has no mean), only how many there were.
+    assert "processes" not in json.loads(a["details"]) and a["max_process_count"] == 2
     assert a["mean_util_gpu_pct"] is None  # absent in every sample stays absent
 
     b = rows[(OLD_MINUTE + MINUTE_NS, "node-a", 0)]
@@ -117,7 +118,8 @@ def test_rollup_values_are_exact(db):
     # The raw gpu and host rows went; agent rows and events stay raw.
     with SqliteReader(db) as r:
         counts = r.counts()
-    assert counts == {"gpu": 0, "host": 0, "event": 15, "agent": 5, "gpu_1m": 6, "host_1m": 2}
+    assert counts == {"gpu": 0, "gpu_process": 0, "host": 0, "event": 15, "agent": 5, "job": 0,
+                      "gpu_1m": 6, "host_1m": 2}  # fmt: skip
     assert s.stats()["rollup_rows"] == 5 * 3 + 5
     assert s.stats()["retention_passes"] == 1
 
@@ -298,9 +300,11 @@ def test_retention_deletes_rollup_rows_too(db):
     with SqliteReader(db) as r:
         assert r.counts() == {
             "gpu": 3,
+            "gpu_process": 2,
             "host": 1,
             "event": 3,
             "agent": 1,
+            "job": 0,
             "gpu_1m": 0,
             "host_1m": 0,
         }
@@ -430,7 +434,7 @@ def key_order(report: Report) -> Report:
 def test_a_version_1_file_is_migrated_and_keeps_its_data(db):
     originals = v1_file(db)
     with pytest.raises(
-        SinkError, match="schema version 1, this telemetryd reads 2; the aggregator"
+        SinkError, match="schema version 1, this telemetryd reads 3; the aggregator"
     ):
         SqliteReader(db)
     clock = Clock(originals[0].time_ns / 1e9 + 60)
@@ -438,13 +442,13 @@ def test_a_version_1_file_is_migrated_and_keeps_its_data(db):
     run(write_all(db, [new], clock=clock))
 
     con = sqlite3.connect(db)
-    assert con.execute("PRAGMA user_version").fetchone() == (2,)
+    assert con.execute("PRAGMA user_version").fetchone() == (3,)
     tables = {
         r[0]
         for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         if not r[0].startswith("sqlite_")  # sqlite_stat1, made by PRAGMA optimize
     }
-    assert tables == {"gpu", "host", "event", "agent", "gpu_1m", "host_1m"}
+    assert tables == {"gpu", "gpu_process", "host", "event", "agent", "job", "gpu_1m", "host_1m"}
     assert ("event_boot_id_seq",) in con.execute(
         "SELECT name FROM sqlite_master WHERE type = 'index'"
     )
@@ -466,13 +470,13 @@ def test_a_version_1_file_is_migrated_and_keeps_its_data(db):
 
 def test_a_failed_migration_leaves_the_file_at_version_1(db, monkeypatch):
     v1_file(db)
-    from exporters import sqlite as sq
+    from exporters import sqlite_migrate
 
     def boom(con) -> None:
         con.execute("CREATE TABLE gpu_1m (x)")
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setitem(sq._MIGRATIONS, 1, boom)
+    monkeypatch.setitem(sqlite_migrate.MIGRATIONS, 1, boom)
     s = SqliteSink(db)
     with pytest.raises(SinkError, match="cannot open: disk I/O error"):
         run(s.open())

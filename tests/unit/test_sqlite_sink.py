@@ -23,7 +23,9 @@ from telemetryd.model import (
     Event,
     Gpu,
     GpuError,
+    GpuProcess,
     Host,
+    JobRecord,
     Report,
 )
 from telemetryd.sampler import open_sampler
@@ -106,15 +108,19 @@ def test_values_read_back_exactly(db, reports):
         assert row["ecc_enabled"] == 1 and row["mig_mode"] == 0 and row["remap_pending"] == 0
         assert row["fan_pct"] is None  # an SXM board has no fan: absent, not 0
         assert row["error_code"] is None and row["error_message"] is None
-        stored = json.loads(row["details"] or "{}").get("processes")
-        assert stored == (
-            None
-            if g.processes is None
-            else [
-                {"pid": p.pid, "type": p.type, "used_memory_bytes": p.used_memory_bytes}
-                for p in g.processes
-            ]
+        # Processes have their own table; the gpu row says how many (None: unknown).
+        assert "processes" not in json.loads(row["details"] or "{}")
+        assert row["process_count"] == (None if g.processes is None else len(g.processes))
+        stored = raw(
+            db,
+            "SELECT slot, pid, type, used_memory_bytes, cluster FROM gpu_process"
+            " WHERE time_ns = ? AND node = ? AND gpu_index = ? ORDER BY slot",
+            (report.time_ns, "sim-01", g.index),
         )
+        assert stored == [
+            (slot, p.pid, p.type, p.used_memory_bytes, "default")
+            for slot, p in enumerate(g.processes or ())
+        ]
     assert any(g.processes for g in report.gpus)  # the simulator runs jobs
     assert rows[0]["clock_event_reasons"] == ""  # answered "none", not unknown
     assert rows[1]["clock_event_reasons"] == "sw_power_cap,hw_slowdown"
@@ -171,13 +177,27 @@ def test_a_counter_past_int64_is_stored_not_refused(db, reports):
 def test_the_same_batch_twice_gives_the_same_rows(db, reports):
     run(write_all(db, reports[:3], reports[:3]))
     with read(db) as r:
-        assert raw_counts(r) == {"gpu": 24, "host": 3, "event": 0, "agent": 3}
+        assert raw_counts(r) == {
+            "gpu": 24,
+            "gpu_process": 18,
+            "host": 3,
+            "event": 0,
+            "agent": 3,
+            "job": 0,
+        }
 
 
 def test_overlapping_batches_leave_no_duplicates(db, reports):
     run(write_all(db, reports[:4], reports[2:6]))
     with read(db) as r:
-        assert raw_counts(r) == {"gpu": 48, "host": 6, "event": 0, "agent": 6}
+        assert raw_counts(r) == {
+            "gpu": 48,
+            "gpu_process": 36,
+            "host": 6,
+            "event": 0,
+            "agent": 6,
+            "job": 0,
+        }
         assert len({(row["node"], row["gpu_index"], row["time_ns"]) for row in r.gpu_rows()}) == 48
 
 
@@ -229,7 +249,14 @@ def test_a_batch_failing_part_way_leaves_nothing_and_the_next_write_succeeds(db,
             with pytest.raises(SinkError, match=rf"{db}.*boom"):
                 await sink.write(reports[1:4])
             with read(db) as r:
-                assert raw_counts(r) == {"gpu": 8, "host": 1, "event": 0, "agent": 1}
+                assert raw_counts(r) == {
+                    "gpu": 8,
+                    "gpu_process": 6,
+                    "host": 1,
+                    "event": 0,
+                    "agent": 1,
+                    "job": 0,
+                }
             con.execute("DROP TRIGGER boom")
             con.commit()
             con.close()
@@ -240,7 +267,14 @@ def test_a_batch_failing_part_way_leaves_nothing_and_the_next_write_succeeds(db,
 
     run(scenario())
     with read(db) as r:
-        assert raw_counts(r) == {"gpu": 32, "host": 4, "event": 1, "agent": 4}
+        assert raw_counts(r) == {
+            "gpu": 32,
+            "gpu_process": 24,
+            "host": 4,
+            "event": 1,
+            "agent": 4,
+            "job": 0,
+        }
 
 
 def test_a_locked_database_is_a_retryable_error_naming_the_file(db, reports):
@@ -319,7 +353,14 @@ def test_retention_deletes_old_rows_only_and_at_most_once_per_period(db, reports
             await sink.write([old, reports[2]])  # the first write starts a pass
             with read(db) as r:
                 assert r.report_keys() == {("sim-01", reports[2].boot_id, 2)}
-                assert raw_counts(r) == {"gpu": 8, "host": 1, "event": 0, "agent": 1}
+                assert raw_counts(r) == {
+                    "gpu": 8,
+                    "gpu_process": 6,
+                    "host": 1,
+                    "event": 0,
+                    "agent": 1,
+                    "job": 0,
+                }
             await sink.write([old2])  # within the hour: kept for now
             with read(db) as r:
                 assert r.counts()["agent"] == 2
@@ -332,7 +373,8 @@ def test_retention_deletes_old_rows_only_and_at_most_once_per_period(db, reports
             await sink.close()
 
     stats = run(scenario())
-    assert stats["retention_deleted"] == (8 + 1 + 1 + 1) * 2 - 1  # old2 had no event
+    # 8 GPUs, 6 processes, host, event, agent; old2 had no event
+    assert stats["retention_deleted"] == (8 + 6 + 1 + 1 + 1) * 2 - 1
     assert stats["retention_passes"] == 2
 
 
@@ -351,7 +393,14 @@ def test_a_large_expiry_is_spread_over_writes_in_chunks(db, reports, monkeypatch
                 assert 0 < r.counts()["gpu"] < 480  # a chunk went, not all
             assert await sink.prune() > 0
             with read(db) as r:
-                assert raw_counts(r) == {"gpu": 8, "host": 1, "event": 0, "agent": 1}
+                assert raw_counts(r) == {
+                    "gpu": 8,
+                    "gpu_process": 6,
+                    "host": 1,
+                    "event": 0,
+                    "agent": 1,
+                    "job": 0,
+                }
             # Most of the file was freed: the pages went back to the filesystem.
             [(free, pages)] = raw(db, "SELECT * FROM pragma_freelist_count, pragma_page_count")
             assert free <= pages // 4 and pages < pages_before
@@ -364,7 +413,14 @@ def test_a_large_expiry_is_spread_over_writes_in_chunks(db, reports, monkeypatch
 def test_retention_zero_keeps_everything(db, reports):
     run(write_all(db, [aged(reports[0], 400)], retention_days=0, raw_days=0))
     with read(db) as r:
-        assert raw_counts(r) == {"gpu": 8, "host": 1, "event": 0, "agent": 1}
+        assert raw_counts(r) == {
+            "gpu": 8,
+            "gpu_process": 6,
+            "host": 1,
+            "event": 0,
+            "agent": 1,
+            "job": 0,
+        }
 
 
 # --- schema ---------------------------------------------------------------------------
@@ -434,7 +490,9 @@ def test_every_model_field_has_a_place(db, reports):
     """A field added to the model must show up as a column or in details, never vanish."""
     run(write_all(db, reports[:1]))
     places = [  # struct, its table, the fields stored some other way (checked below)
-        (Gpu, "gpu", {"index", "error", "clock_event_reasons"}),
+        (Gpu, "gpu", {"index", "error", "clock_event_reasons", "processes"}),
+        (GpuProcess, "gpu_process", set()),
+        (JobRecord, "job", set()),
         (Host, "host", set()),
         (Event, "event", set()),
         (AgentStats, "agent", set()),
@@ -442,7 +500,7 @@ def test_every_model_field_has_a_place(db, reports):
     ]
     tables = {
         t: {row[1] for row in raw(db, f"PRAGMA table_info({t})")}
-        for t in ("gpu", "host", "event", "agent")
+        for t in ("gpu", "gpu_process", "host", "event", "agent", "job")
     }
     for struct, table, elsewhere in places:
         hints = typing.get_type_hints(struct)
@@ -477,9 +535,11 @@ def test_counters_and_close_without_open(db, reports):
     sink = run(write_all(db, reports[:2], [], reports[2:3]))
     assert sink.stats() == {
         "rows_gpu": 24,
+        "rows_gpu_process": 18,
         "rows_host": 3,
         "rows_event": 0,
         "rows_agent": 3,
+        "rows_job": 0,
         "batches": 2,
         "write_errors": 0,
         "retention_deleted": 0,
