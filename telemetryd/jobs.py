@@ -194,7 +194,7 @@ class JobTable:
             "latest": [[c, n, t] for (c, n), t in self.latest.items()],
         }
 
-    def restore(self, data: dict[str, Any]) -> None:
+    def restore(self, data: object) -> None:
         """Load a ``snapshot``; entries that do not decode are skipped (a newer format)."""
         if not isinstance(data, dict):
             return
