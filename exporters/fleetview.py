@@ -12,7 +12,11 @@ Rules the operator relies on (docs/metrics.md):
 - a node whose newest report was *received* more than ``stale_after`` seconds ago is no
   longer served, and ``expire`` releases its memory;
 - XIDs count from every accepted report, late ones included, while their own time is
-  inside ``xid_window``.
+  inside ``xid_window``;
+- every GPU series carries ``hpc_job``, ``pod``, ``namespace`` and ``container``, as
+  dcgm-exporter's HPC and Kubernetes mappings do (exporters/owners.py): empty when the
+  GPU has no owner, which in Prometheus is the same as no label, so ``sum by (hpc_job)``
+  works on any fleet; a MIG instance's series name the owners of that instance.
 
 The event loop calls ``observe`` and ``expire``; a scrape renders in a worker thread and
 calls ``snapshot``. One lock guards the two dicts, held only to copy them, and what a
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from exporters.dcgm_names import GPU_LABELS
+from exporters.owners import OWNER_KEYS, owner_labels
 from telemetryd.model import Gpu, MigDevice, Report
 
 Labels = dict[str, str]
@@ -174,13 +179,15 @@ class FleetView:
                 label["device"]: f"nvidia{gpu.index}",
                 label["model"]: gpu.name,
                 **host,
+                **_owners(gpu, None),
             }
             old = before.get(gpu.uuid)
             rate = nvlink_rate(held.report, report, old, gpu) if held and old else None
             mig = tuple(
-                (m, {**labels, label["gi_id"]: str(m.gi_id), label["gi_profile"]: mig_profile(m)})
+                (m, {**labels, label["gi_id"]: str(m.gi_id), label["gi_profile"]: mig_profile(m),
+                     **_owners(gpu, m.gi_id)})
                 for m in _unique_instances(gpu.mig)
-            )
+            )  # fmt: skip
             gpus.append(GpuView(gpu, labels, rate, mig))
         return NodeView(report.cluster, report.node, report, received_ns, tuple(gpus), host)
 
@@ -197,6 +204,12 @@ class FleetView:
 
     def __len__(self) -> int:
         return len(self._nodes)
+
+
+def _owners(gpu: Gpu, gi_id: int | None) -> Labels:
+    """The owner labels of a GPU or one of its MIG instances ("" where none)."""
+    values = owner_labels(gpu.owners, gi_id)
+    return {key: value or "" for key, value in zip(OWNER_KEYS, values, strict=True)}
 
 
 def _unique_instances(devices: list[MigDevice]) -> list[MigDevice]:

@@ -7,9 +7,16 @@ timestamp is the agent's sample time (an event's own time), never the server's c
 Writing a batch again after a crash or a retry therefore overwrites with equal values.
 
 Tags come only from bounded sets (cluster, node, GPU index, UUID, model, MIG instance,
-and per-host devices such as mounts and interfaces); pids, boot ids and sequence numbers
-are fields. Field types come from the wire model (telemetryd/fields.py), so an integer is
-always written as an integer and a field cannot change type by accident; a value
+and per-host devices such as mounts and interfaces); pids, job ids, pod names, boot ids
+and sequence numbers are fields. Who holds a GPU is four string fields of its ``gpu``
+point (exporters/owners.py), written when it has owners; a process's attribution is
+fields of its ``gpu_process`` point. A job is a ``job`` point written once, when its
+record says it ended (time: its end): the running part of a job is in the ``gpu`` points
+already, and a point per interval per job would only repeat them. Its ``slot`` tag keeps
+two jobs of one node that ended in the same report apart, as ``slot`` does for processes.
+
+Field types come from the wire model (telemetryd/fields.py), so an integer is always
+written as an integer and a field cannot change type by accident; a value
 InfluxDB cannot hold (a float that is not finite, an integer beyond int64) is left out of
 its line and counted in ``fields_dropped``, never written as something else.
 
@@ -28,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from math import isfinite
 from typing import Any
 
+from exporters.owners import OWNER_KEYS, owner_labels
 from telemetryd.clock_events import mask
 from telemetryd.codec import Struct
 from telemetryd.fields import Scalar, split_fields
@@ -40,6 +48,7 @@ from telemetryd.model import (
     Gpu,
     GpuProcess,
     Host,
+    JobRecord,
     MigDevice,
     NetIO,
     PowerZone,
@@ -159,13 +168,15 @@ _FAN = _Fields(Fan, skip=("chip", "label"))
 _EVENT = _Fields(Event, skip=("time_ns", "kind", "gpu_index", "uuid", "code", "severity"))
 _REPORT = _Fields(Report, skip=("cluster", "node", "time_ns"))
 _AGENT = _Fields(AgentStats)
+_JOB = _Fields(JobRecord, skip=("state",))
+_JOB_EXTRA = ("duration_s", "gpus", "gpu_count", "energy_j")
 
 _ERROR = ("error_code", "error_message")
 MEASUREMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # measurement: (tag keys, field keys) - what docs/schema.md documents, checked by tests
     "gpu": (
         ("cluster", "gpu", "model", "node", "uuid"),
-        (*_GPU.names, "clock_event_reasons", "clock_event_mask", "failed", *_ERROR),
+        (*_GPU.names, "clock_event_reasons", "clock_event_mask", "failed", *_ERROR, *OWNER_KEYS),
     ),
     "gpu_mig": (
         ("ci", "cluster", "gi", "gpu", "node", "profile", "uuid"),
@@ -183,6 +194,7 @@ MEASUREMENTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "host_plugin": (("cluster", "node", "plugin"), ()),  # fields: the plugin's own metrics
     "event": (("cluster", "code", "gpu", "kind", "node", "severity", "uuid"), _EVENT.names),
     "agent": (("cluster", "node"), (*_REPORT.names, *_AGENT.names, "errors", "error_message")),
+    "job": (("cluster", "node", "slot"), (*_JOB.names, *_JOB_EXTRA)),
 }
 
 
@@ -229,6 +241,19 @@ class Encoder:
             text = "; ".join(f"{e.source}: {e.message}" for e in r.errors)
             fields.append(f'error_message="{escape_string(text)}"')
         lines.append(f"agent,{base},{node} {','.join(fields)}{t}")
+        ended = sorted((j for j in r.jobs if j.state == "ended"), key=lambda j: (j.job, j.start_ns))
+        for slot, j in enumerate(ended):
+            self._job(j, f"job,{base},{node},slot={slot}", lines)
+
+    def _job(self, j: JobRecord, tags: str, lines: list[str]) -> None:
+        fields: list[str] = []
+        self.fields_dropped += _JOB.add(j, fields)
+        fields.append(f"duration_s={(j.end_ns - j.start_ns) / 1e9!r}")
+        fields.append(f'gpus="{",".join(str(g.index) for g in j.gpus)}"')
+        fields.append(f"gpu_count={len(j.gpus)}i")
+        if j.energy_mj is not None:
+            fields.append(f"energy_j={j.energy_mj / 1000!r}")
+        lines.append(f"{tags} {','.join(fields)} {j.end_ns}")
 
     def _gpu(self, g: Gpu, base: str, node: str, t: str, lines: list[str]) -> None:
         uuid = tag("uuid", g.uuid)
@@ -246,6 +271,10 @@ class Encoder:
             fields.append("failed=1i")
             fields.append(f'error_code="{g.error.code}"')
             fields.append(f'error_message="{escape_string(g.error.message)}"')
+        if g.owners:
+            for key, value in zip(OWNER_KEYS, owner_labels(g.owners), strict=True):
+                if value is not None:
+                    fields.append(f'{key}="{escape_string(value)}"')
         if fields:
             lines.append(f"gpu,{tags}{uuid} {','.join(fields)}{t}")
         for m in g.mig:

@@ -10,7 +10,17 @@ import pytest
 
 from exporters import lineprotocol as lp
 from telemetryd.fields import split_fields
-from telemetryd.model import Gpu, Host, Report, decode_report, encode_report
+from telemetryd.model import (
+    Gpu,
+    GpuOwner,
+    GpuProcess,
+    Host,
+    JobGpu,
+    JobRecord,
+    Report,
+    decode_report,
+    encode_report,
+)
 from tests.reports import sampled
 from tests.richreport import ODD, rich
 
@@ -57,7 +67,41 @@ def split_line(line: str) -> tuple[str, dict[str, str], dict[str, str], int]:
 
 
 def reports() -> list[Report]:
-    return [decode_report(sampled()), rich()]
+    return [decode_report(sampled()), rich(), attributed()]
+
+
+def job(name: str, state: str, start_s: int, end_s: int, gpus: tuple[int, ...], **kw) -> JobRecord:
+    return JobRecord(
+        job=name, kind=kw.pop("kind", "hpc"), state=state,  # type: ignore[arg-type]
+        start_ns=start_s * 10**9, end_ns=end_s * 10**9, samples=3,
+        gpus=[JobGpu(index=i, uuid=f"GPU-{i}", start_ns=start_s * 10**9) for i in gpus], **kw,
+    )  # fmt: skip
+
+
+def attributed() -> Report:
+    """rich() with owners on its GPUs, attributed processes and job records."""
+    report = rich()
+    report.schema = 2
+    report.gpus[0].owners = [
+        GpuOwner(source="jobmap", job="1234"),
+        GpuOwner(source="kubelet", gi_id=1, pod="train-0", namespace="ml", container="main"),
+        GpuOwner(source="jobmap", gi_id=2, job="1200"),
+        GpuOwner(source="cgroup", job="999"),  # the scheduler's word wins over a cgroup
+    ]
+    report.gpus[1].owners = [GpuOwner(source="cgroup", pod_uid="0d1e", container="c0ffee")]
+    report.gpus[0].processes = [
+        GpuProcess(pid=4242, type="compute", sm_util_pct=87, user="alice",
+                   command='python "train.py" --lr=0.1', cpu_pct=101.5, rss_bytes=1 << 30,
+                   job="1234", step="0", unit="slurmstepd.scope", runtime="systemd"),
+    ]  # fmt: skip
+    report.jobs = [
+        job("1234", "running", 1000, report.time_ns // 10**9, (0,)),
+        job("ml/train-0", "ended", 1500, 1_700_000_000, (0, 2), kind="pod", energy_mj=7_250_500,
+            mean_power_w=12.5, util_mean_pct=40.25, util_peak_pct=99, mem_peak_bytes=1 << 33,
+            pod="train-0", namespace="ml"),
+        job("1100", "ended", 900, 1_700_000_000, (3,)),  # no energy counter: no energy
+    ]  # fmt: skip
+    return report
 
 
 @pytest.mark.parametrize(
@@ -208,3 +252,54 @@ def test_a_failed_gpu_keeps_its_error_in_words() -> None:
     _m, _tags, values, _t = split_line(gpu_line)
     assert values["error_code"] == '"gpu_lost"'
     assert values["error_message"] == '"GPU has fallen off the bus: \\"Xid 79\\"\nsee dmesg"'
+
+
+def lines_of(measurement: str, report: Report) -> list[tuple[dict, dict, int]]:
+    found = [split_line(line) for line in lp.Encoder().encode([report])]
+    return [(tags, values, t) for m, tags, values, t in found if m == measurement]
+
+
+def test_gpu_owners_are_string_fields_joined_like_dcgm_exporter_labels() -> None:
+    gpus = {tags["gpu"]: values for tags, values, _t in lines_of("gpu", attributed())}
+    assert gpus["0"]["hpc_job"] == '"1200,1234"'  # sorted, each once; the cgroup 999 not
+    assert (gpus["0"]["pod"], gpus["0"]["namespace"]) == ('"train-0"', '"ml"')
+    assert gpus["0"]["container"] == '"main"'
+    # Only a cgroup owner, with no pod name: what it has, nothing made up.
+    assert gpus["1"]["container"] == '"c0ffee"'
+    assert not {"hpc_job", "pod", "namespace"} & set(gpus["1"])
+    # No owners: no fields (absent, not an empty string on every GPU of every site).
+    plain = lines_of("gpu", decode_report(sampled()))
+    assert plain and all(
+        not {"hpc_job", "pod", "namespace", "container"} & set(v) for _, v, _ in plain
+    )
+
+
+def test_process_attribution_fields_are_fields_never_tags() -> None:
+    (tags, values, _t), *_ = lines_of("gpu_process", attributed())
+    assert set(tags) == {"ci", "cluster", "gi", "gpu", "node", "slot", "uuid"} - {"ci", "gi"}
+    assert values["pid"] == "4242i" and values["job"] == '"1234"' and values["step"] == '"0"'
+    assert values["command"] == '"python \\"train.py\\" --lr=0.1"'
+    assert values["sm_util_pct"] == "87i" and values["cpu_pct"] == "101.5"
+    assert values["rss_bytes"] == f"{1 << 30}i" and values["user"] == '"alice"'
+
+
+def test_ended_jobs_are_one_point_each_at_their_end_running_ones_none() -> None:
+    report = attributed()
+    points = lines_of("job", report)
+    assert [(t["slot"], v["job"]) for t, v, _ in points] == [("0", '"1100"'), ("1", '"ml/train-0"')]
+    assert all(t == 1_700_000_000 * 10**9 for _, _, t in points)
+    assert all(set(tags) == {"cluster", "node", "slot"} for tags, _, _ in points)
+    pod = points[1][1]
+    assert pod["kind"] == '"pod"' and pod["gpus"] == '"0,2"' and pod["gpu_count"] == "2i"
+    assert pod["energy_mj"] == "7250500i" and pod["energy_j"] == "7250.5"
+    assert (
+        pod["start_ns"] == f"{1500 * 10**9}i" and pod["duration_s"] == f"{1_700_000_000 - 1500}.0"
+    )
+    assert pod["mean_power_w"] == "12.5" and pod["util_peak_pct"] == "99i"
+    assert (pod["pod"], pod["namespace"]) == ('"train-0"', '"ml"')
+    assert "energy_j" not in points[0][1] and "energy_mj" not in points[0][1]
+    assert "state" not in pod  # every point is an ended job
+    # The same report again (a redelivery) gives the same points: same slot, same time.
+    again = decode_report(encode_report(report))
+    again.jobs.reverse()
+    assert lines_of("job", again) == points

@@ -29,6 +29,7 @@ from telemetryd.model import (
     Event,
     Fan,
     Gpu,
+    GpuOwner,
     Host,
     MigDevice,
     NetIO,
@@ -56,8 +57,9 @@ EXPECTED: dict[str, Callable[[Any], float]] = {
     "mask": lambda v: float(mask(v)),
     "recovery": lambda v: float(RECOVERY_ACTIONS[v]),
 }
-DCGM_LABELS = {"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "cluster"}
-SNAKE_LABELS = {"gpu", "uuid", "pci_bus_id", "device", "model_name", "hostname", "cluster"}
+OWNERS = {"hpc_job", "pod", "namespace", "container"}  # dcgm-exporter's, in both styles
+DCGM_LABELS = {"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "cluster", *OWNERS}
+SNAKE_LABELS = {"gpu", "uuid", "pci_bus_id", "device", "model_name", "hostname", "cluster", *OWNERS}
 
 
 class Clock:
@@ -136,6 +138,7 @@ def test_realistic_report_serves_every_field_it_has_under_dcgm_names() -> None:
     assert labels == {
         "gpu": "0", "UUID": g0.uuid, "pci_bus_id": "00000000:18:00.0", "device": "nvidia0",
         "modelName": "NVIDIA H100 80GB HBM3", "Hostname": "n1", "cluster": "c1",
+        "hpc_job": "", "pod": "", "namespace": "", "container": "",  # no owner: empty
     }  # fmt: skip
     # The simulator's first report has no GPM sample yet, and no previous report: no rate.
     assert "DCGM_FI_PROF_GR_ENGINE_ACTIVE" not in series
@@ -204,6 +207,38 @@ def test_mig_instances_get_their_own_memory_series() -> None:
     assert value(series, "DCGM_FI_DEV_FB_FREE", GPU_I_ID="2") is None  # absent on that one
     assert value(series, "DCGM_FI_DEV_MIG_MODE", gpu="0") == 1
     assert "DCGM_FI_DEV_GPU_UTIL" not in series  # NVML gives no utilisation under MIG
+
+
+def test_gpu_series_name_their_job_or_pod_like_dcgm_exporter() -> None:
+    """hpc_job/pod/namespace/container on every GPU series; a MIG instance: its own owners."""
+    instances = [MigDevice(uuid="MIG-a", gi_id=1, fb_used_bytes=MIB),
+                 MigDevice(uuid="MIG-b", gi_id=2, fb_used_bytes=2 * MIB)]  # fmt: skip
+    owners = [
+        GpuOwner(source="kubelet", gi_id=1, pod="train-0", namespace="ml", container="main"),
+        GpuOwner(source="kubelet", gi_id=2, pod="infer-7", namespace="web", container="srv"),
+        GpuOwner(source="cgroup", job="999"),  # ignored: the kubelet's word is there
+    ]
+    shared = [GpuOwner(source="jobmap", job="1234"), GpuOwner(source="jobmap", job="1200")]
+    guessed = [GpuOwner(source="cgroup", job="77")]  # the only word there is: it counts
+    c = collector()
+    c.observe(report(gpus=[gpu(0, mig=instances, fb_used_bytes=40 * MIB, owners=owners),
+                           gpu(1, fb_used_bytes=MIB, owners=shared),
+                           gpu(2, fb_used_bytes=MIB, owners=guessed),
+                           gpu(3, fb_used_bytes=MIB)]), T)  # fmt: skip
+    used = scrape(c)["DCGM_FI_DEV_FB_USED"]
+    got = [(lab["gpu"], lab.get("GPU_I_ID"), *(lab[k] for k in ("hpc_job", "pod", "namespace",
+            "container"))) for lab, _ in used]  # fmt: skip
+    assert got == [
+        ("0", None, "", "infer-7,train-0", "ml,web", "main,srv"),  # sorted, comma-joined
+        ("0", "1", "", "train-0", "ml", "main"),
+        ("0", "2", "", "infer-7", "web", "srv"),
+        ("1", None, "1200,1234", "", "", ""),  # a shared GPU: one series, both jobs
+        ("2", None, "77", "", "", ""),
+        ("3", None, "", "", "", ""),
+    ]
+    # A job that moves on changes the labels with the next report.
+    c.observe(report(time_ns=T + S, gpus=[gpu(1, fb_used_bytes=MIB)]), T + S)
+    assert [lab["hpc_job"] for lab, _ in scrape(c)["DCGM_FI_DEV_FB_USED"]] == [""]
 
 
 def test_xid_last_code_and_count_inside_the_window() -> None:

@@ -241,8 +241,10 @@ def test_a_batch_written_again_after_its_rollup_is_not_counted_twice(db):
     s2 = run(write_all(db, [copy(r) for r in batch], clock=clock))
     assert rollup_rows(db) == before
     assert s2.stats()["rows_gpu"] == 0 and s2.stats()["rows_agent"] == 5
+    assert s2.stats()["rows_gpu_process"] == 0  # processes went with their GPUs' rows
     with SqliteReader(db) as r:
         assert r.counts()["gpu"] == 0 and r.counts()["agent"] == 5
+        assert r.counts()["gpu_process"] == 0
 
 
 # --- retention, chunks ----------------------------------------------------------------
@@ -453,6 +455,17 @@ def test_a_version_1_file_is_migrated_and_keeps_its_data(db):
         "SELECT name FROM sqlite_master WHERE type = 'index'"
     )
     assert {"position", "details"} <= {r[1] for r in con.execute("PRAGMA table_info(event)")}
+    # Through version 2 to 3: the processes of version 1's gpu rows moved to gpu_process.
+    assert con.execute("SELECT count(*) FROM gpu WHERE details LIKE '%processes%'").fetchone() == (
+        0,
+    )
+    moved = con.execute(
+        "SELECT time_ns, gpu_index, slot, pid FROM gpu_process WHERE node = 'node-a'"
+        " AND time_ns < ?",
+        (new.time_ns,),
+    )
+    assert sorted(moved) == [(x.time_ns, 0, slot, pid) for x in originals if x.node == "node-a"
+                             for slot, pid in enumerate((4242, 7))]  # fmt: skip
     con.close()
 
     with SqliteReader(db) as r:
