@@ -12,7 +12,7 @@ numbers for the same records.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -139,40 +139,52 @@ class JobTable:
 
     def __init__(self, keep_s: float = KEEP_ENDED_S) -> None:
         self.keep_ns = int(keep_s * 1e9)
-        self.parts: dict[tuple[str, str, str], tuple[int, JobRecord]] = {}
+        # Per node, so a report touches only its own node's parts: (report time, record).
+        self.by_node: dict[tuple[str, str], dict[str, tuple[int, JobRecord]]] = {}
         self.latest: dict[tuple[str, str], int] = {}  # newest report time per node
+
+    def _parts(self) -> Iterator[tuple[str, str, int, JobRecord]]:
+        for (cluster, node), parts in self.by_node.items():
+            for t, rec in parts.values():
+                yield cluster, node, t, rec
 
     def observe(self, report: Report) -> None:
         """Take the job records of an accepted report."""
         node_key = (report.cluster, report.node)
+        parts = self.by_node.get(node_key)
+        if parts is None:
+            if not report.jobs:
+                return  # a node without job accounting costs nothing
+            parts = self.by_node[node_key] = {}
         t = report.time_ns
         for rec in report.jobs:
-            key = (report.cluster, rec.job, report.node)
-            old = self.parts.get(key)
+            old = parts.get(rec.job)
             if old is None or t >= old[0]:
-                self.parts[key] = (t, rec)
+                parts[rec.job] = (t, rec)
         if t < self.latest.get(node_key, 0):
             return
         self.latest[node_key] = t
         listed = {rec.job for rec in report.jobs}
-        for (cluster, job, node), (seen, rec) in list(self.parts.items()):
-            if (cluster, node) == node_key and rec.state == "running" and job not in listed:
-                ended = convert({**to_builtins(rec), "state": "ended"}, JobRecord)
-                self.parts[(cluster, job, node)] = (seen, ended)
+        for job, (seen, rec) in list(parts.items()):
+            if rec.state == "running" and job not in listed:
+                parts[job] = (seen, convert({**to_builtins(rec), "state": "ended"}, JobRecord))
 
     def prune(self, now_ns: int) -> None:
         """Drop jobs whose newest record is older than ``keep_s``."""
         newest: dict[tuple[str, str], int] = {}
-        for (cluster, job, _node), (_seen, rec) in self.parts.items():
-            newest[(cluster, job)] = max(newest.get((cluster, job), 0), rec.end_ns)
-        for key in [k for k in self.parts if newest[(k[0], k[1])] < now_ns - self.keep_ns]:
-            del self.parts[key]
+        for cluster, _node, _t, rec in self._parts():
+            newest[(cluster, rec.job)] = max(newest.get((cluster, rec.job), 0), rec.end_ns)
+        for (cluster, node), parts in list(self.by_node.items()):
+            for job in [j for j in parts if newest[(cluster, j)] < now_ns - self.keep_ns]:
+                del parts[job]
+            if not parts:
+                del self.by_node[(cluster, node)]
 
     def jobs(self, now_ns: int | None = None) -> list[Job]:
         """Every job in the table, joined (pruned first when ``now_ns`` is given)."""
         if now_ns is not None:
             self.prune(now_ns)
-        return join((c, n, rec) for (c, _j, n), (_t, rec) in self.parts.items())
+        return join((cluster, node, rec) for cluster, node, _t, rec in self._parts())
 
     def running(self, now_ns: int | None = None) -> list[Job]:
         """The jobs with at least one running part."""
@@ -181,16 +193,16 @@ class JobTable:
     def held(self, now_ns: int) -> list[tuple[Job, list[tuple[str, int]]]]:
         """The running jobs, each with the (node, GPU index) pairs it holds now."""
         holding: dict[tuple[str, str], list[tuple[str, int]]] = {}
-        for (cluster, job, node), (_t, rec) in self.parts.items():
+        for cluster, node, _t, rec in self._parts():
             if rec.state == "running":
                 gpus = [(node, g.index) for g in rec.gpus if g.end_ns is None]
-                holding.setdefault((cluster, job), []).extend(gpus)
+                holding.setdefault((cluster, rec.job), []).extend(gpus)
         return [(j, sorted(holding[(j.cluster, j.job)])) for j in self.running(now_ns)]
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state for the fleet snapshot."""
         return {
-            "parts": [[c, n, t, to_builtins(rec)] for (c, _j, n), (t, rec) in self.parts.items()],
+            "parts": [[c, n, t, to_builtins(rec)] for c, n, t, rec in self._parts()],
             "latest": [[c, n, t] for (c, n), t in self.latest.items()],
         }
 
@@ -204,7 +216,7 @@ class JobTable:
                 rec: JobRecord = convert(raw, JobRecord)
             except (ValueError, TypeError, DecodeError):
                 continue
-            self.parts[(str(cluster), rec.job, str(node))] = (int(t), rec)
+            self.by_node.setdefault((str(cluster), str(node)), {})[rec.job] = (int(t), rec)
         for item in data.get("latest", []):
             try:
                 cluster, node, t = item
