@@ -529,7 +529,8 @@ def export_cmd(
 @click.option(
     "--store",
     metavar="URL",
-    help="sqlite:///PATH.  [default: the configured aggregator's SQLite store]",
+    help="sqlite:///PATH or influxdb://[USER@]HOST:PORT/DB (1.x: ended jobs only).  "
+    "[default: the configured aggregator's SQLite store]",
 )
 @click.option(
     "--since",

@@ -4,9 +4,10 @@ The job map directories are written and cleared by the shipped examples/slurm sc
 (the same job id on both nodes, as Slurm's prolog runs on every node of an allocation);
 two real agents on the simulator account the job's energy from their GPUs' counters,
 real Mosquitto carries the reports, and one aggregator writes SQLite and a real InfluxDB
-1.x. After the epilog the joined job must be the same in `telemetryd jobs --json`, the
-SQLite ``job`` table and InfluxDB's ``job`` measurement: two nodes, their GPUs, energy
-the sum of the nodes' parts, each part the exact counter delta of its GPUs.
+1.x. After the epilog the joined job must be the same in `telemetryd jobs --json` (from
+either store), the SQLite ``job`` table and InfluxDB's ``job`` measurement: two nodes,
+their GPUs, energy the sum of the nodes' parts, each part the exact counter delta of its
+GPUs.
 """
 
 from __future__ import annotations
@@ -78,6 +79,17 @@ def counter_delta(store: Path, node: str, index: int) -> int:
     return seen[-1] - seen[0]  # type: ignore[operator]
 
 
+def jobs_cli(store: str) -> list[dict[str, object]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "telemetryd", "jobs", "--store", store, "--json", "--job", JOB],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    jobs = json.loads(done.stdout)["jobs"]
+    assert isinstance(jobs, list)
+    return jobs
+
+
 def test_job_on_two_nodes_joined_in_sqlite_influxdb_and_the_cli(
     tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB
 ) -> None:
@@ -122,12 +134,7 @@ def test_job_on_two_nodes_joined_in_sqlite_influxdb_and_the_cli(
     total = sum(rec.energy_mj or 0 for rec in by_node.values())
 
     # telemetryd jobs, as an operator runs it.
-    done = subprocess.run(
-        [sys.executable, "-m", "telemetryd", "jobs", "--store", f"sqlite://{store}", "--json"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    [job] = [j for j in json.loads(done.stdout)["jobs"] if j["job"] == JOB]
+    [job] = jobs_cli(f"sqlite://{store}")
     assert (job["state"], job["kind"], job["cluster"]) == ("ended", "hpc", "c1")
     assert job["nodes"] == ["n1", "n2"] and job["gpus"] == ["n1:0", "n1:1", "n2:1"]
     assert job["energy_mj"] == total
@@ -151,4 +158,7 @@ def test_job_on_two_nodes_joined_in_sqlite_influxdb_and_the_cli(
     assert [p["energy_mj"] for p in points] == [by_node["n1"].energy_mj, by_node["n2"].energy_mj]
     assert [p["gpus"] for p in points] == ["0,1", "1"]
     assert sum(int(str(p["energy_mj"])) for p in points) == total
+
+    # telemetryd jobs reading InfluxDB joins the same job (only the GPU UUIDs are not there).
+    assert jobs_cli(influxdb.sink_url("telemetry")) == [job]
     assert agg.stop() == 0, agg.tail()

@@ -112,7 +112,7 @@ def test_default_store_is_the_configured_aggregators(
     ("args", "message"),
     [
         (["--store", "sqlite:///nowhere/telemetry.db"], "/nowhere/telemetry.db: no such file"),
-        (["--store", "influxdb://db.example:8086/telemetry"], "jobs reads the SQLite store"),
+        (["--store", "influxdb2://db.example:8086?org=o&bucket=b"], "InfluxDB 2.x is not"),
         (["--store", "ftp://x"], "--store: "),
         (["--since", "yesterday-ish"], "is not a time"),
     ],
@@ -132,3 +132,38 @@ def test_a_file_that_is_not_a_store_is_one_line(
     bad.write_text("hello")
     code, _out, err = call(["jobs", "--store", f"sqlite://{bad}"], capsys)
     assert code == 2 and err.count("\n") == 1 and str(bad) in err, err
+
+
+def test_an_influxdb_that_does_not_answer_is_one_line_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.integration.mosquitto import free_port
+
+    url = f"influxdb://127.0.0.1:{free_port()}/telemetry"
+    code, out, err = call(["jobs", "--store", url], capsys)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1 and err.startswith("telemetryd: error: influxdb://127.0.0.1:"), err
+
+
+def test_influxql_quotes_the_job_id() -> None:
+    from telemetryd.jobsinflux import query
+    from telemetryd.urls import parse_sink_url
+
+    url = parse_sink_url("influxdb://h:8086/db?rp=week")
+    assert query(url, since_ns=5, job="a'b\\") == (
+        'SELECT * FROM "week"."job" WHERE time >= 5 AND "job" = \'a\\\'b\\\\\' GROUP BY *'
+    )
+    assert query(parse_sink_url("influxdb://h:8086/db"), since_ns=None, job=None) == (
+        'SELECT * FROM "job" GROUP BY *'
+    )
+
+
+def test_a_refused_query_or_a_bad_point_is_one_clear_error() -> None:
+    from telemetryd.jobsinflux import InfluxReadError, records
+
+    with pytest.raises(InfluxReadError, match="refused: database not found"):
+        records({"results": [{"error": "database not found: x"}]}, "influxdb://h/x")
+    series = {"tags": {"cluster": "c1", "node": "n1"}, "columns": ["time", "job", "kind"],
+              "values": [[1, "7", "batch"]]}  # fmt: skip
+    with pytest.raises(InfluxReadError, match="of node 'n1' is not a job record"):
+        records({"results": [{"series": [series]}]}, "influxdb://h/x")
