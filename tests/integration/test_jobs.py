@@ -26,13 +26,21 @@ from exporters.sqlite_reader import SqliteReader
 from telemetryd.model import JobRecord, Report
 from tests.integration.influxdb import InfluxDB
 from tests.integration.mosquitto import Mosquitto
-from tests.integration.pipeline import agent, aggregator, wait_until
+from tests.integration.pipeline import agent, aggregator, retained, wait_until
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = "4242"
 GPUS = {"n1": (0, 1), "n2": (1,)}
+RULE = """
+[[rule]]
+name = "JobHoldsGpus"
+scope = "job"
+expr = "gpus >= 3 and nodes == 2"
+severity = "info"
+annotations = { summary = "job {{ job }} holds GPUs" }
+"""
 
 
 def slurm(script: str, node: str, tmp: Path) -> None:
@@ -96,7 +104,10 @@ def test_job_on_two_nodes_joined_in_sqlite_influxdb_and_the_cli(
     influxdb.create_database("telemetry")
     store = tmp_path / "aggregator" / "telemetry.db"
     sinks = f"sqlite://{store},{influxdb.sink_url('telemetry')}"
-    agg = aggregator(tmp_path, mosquitto.url, sinks=sinks).start()
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "jobs.toml").write_text(RULE)
+    agg = aggregator(tmp_path, mosquitto.url, sinks=sinks,
+                     alerts_rules_dir=str(tmp_path / "rules")).start()  # fmt: skip
     agg.wait_log("consuming")
     for node in GPUS:
         slurm("prolog.sh", node, tmp_path)
@@ -112,6 +123,16 @@ def test_job_on_two_nodes_joined_in_sqlite_influxdb_and_the_cli(
         return found == {("n1", "running", True), ("n2", "running", True)}
 
     wait_until(running_on_both, 60, "the job running on n1 and n2 in the SQLite store")
+
+    def job_alert() -> list[dict[str, object]]:
+        found = retained(mosquitto.port, "telemetry/v1/c1/_alerts/+", wait=0.5).values()
+        alerts = [json.loads(payload) for payload in found if payload]
+        return [a["labels"] for a in alerts if a["labels"]["alertname"] == "JobHoldsGpus"]
+
+    # The aggregator's live table feeds the job scope: joined across both nodes.
+    wait_until(lambda: len(job_alert()) == 1, 30, "the job rule firing in the aggregator")
+    [labels] = job_alert()
+    assert (labels["scope"], labels["cluster"], labels["job"]) == ("job", "c1", JOB)
     for node in GPUS:
         slurm("epilog.sh", node, tmp_path)
         assert not list((tmp_path / f"jobs-{node}").glob("[0-9]*")), "epilog left a map file"
@@ -121,6 +142,7 @@ def test_job_on_two_nodes_joined_in_sqlite_influxdb_and_the_cli(
             ("n1", "ended"), ("n2", "ended")}  # fmt: skip
 
     wait_until(ended_on_both, 30, "the job ended on n1 and n2 in the SQLite store")
+    wait_until(lambda: job_alert() == [], 30, "the job alert resolved once the job ended")
     for service in agents:
         assert service.stop() == 0, service.tail()
 
