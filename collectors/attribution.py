@@ -18,9 +18,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from collectors.base import PodRef
+from collectors.cgroup import CgroupInfo, CgroupReader
+from collectors.host import ProcessInfo, ProcessInspector
 from collectors.jobmap import JobMap, JobMapReader
 from telemetryd.errors import SourceUnavailable
-from telemetryd.model import Gpu, GpuOwner
+from telemetryd.model import Gpu, GpuOwner, GpuProcess
 
 if TYPE_CHECKING:
     from collectors.kubelet import PodResourcesClient
@@ -34,10 +36,21 @@ class Attributor:
 
     name = "attribution"
 
-    def __init__(self, cfg: AttributionConfig) -> None:
+    def __init__(self, cfg: AttributionConfig, *, real_pids: bool = True) -> None:
+        """Take the sources from configuration; ``real_pids=False`` for the simulator.
+
+        Simulated pids are made up: looking them up in /proc would pin a simulated GPU on
+        whatever real process has that number, so neither psutil nor cgroups are read.
+        """
         self.cfg = cfg
         self.jobmap = JobMapReader(cfg.job_map_dir) if cfg.job_map_dir else None
         self.kubelet: PodResourcesClient | None = None
+        self.cgroups = CgroupReader(cfg.proc_root) if real_pids else None
+        self.inspector = (
+            ProcessInspector(cfg.command, cfg.command_max, cfg.proc_root)
+            if cfg.host_processes and real_pids
+            else None
+        )
 
     def open(self) -> dict[str, str]:
         """Set up the optional sources; what is configured but absent, with the reason."""
@@ -56,11 +69,30 @@ class Attributor:
         return notes
 
     def attribute(self, gpus: list[Gpu]) -> None:
-        """One interval: read the sources once, then set every GPU's fields."""
+        """One interval: read the sources once, then set every GPU's fields.
+
+        Each pid is read once however many GPUs it holds. Owners from the cgroups of the
+        GPU's processes are added only to a GPU that neither the job map nor the kubelet
+        gave an owner: the scheduler's word is the better one (it holds before the job
+        starts a process, and covers jobs whose processes sit in another cgroup).
+        """
         mapping: JobMap = self.jobmap.read() if self.jobmap is not None else {}
         pods: dict[str, PodRef] = self.kubelet.devices() if self.kubelet is not None else {}
+        pids = {p.pid for gpu in gpus for p in gpu.processes or ()}
+        host = self.inspector.inspect(pids) if self.inspector is not None else {}
+        reader = self.cgroups
+        cgroups = {pid: reader.read(pid) for pid in sorted(pids)} if reader is not None else {}
+        by_uid: dict[str, list[PodRef]] = {}
+        for ref in pods.values():
+            if ref.uid:
+                by_uid.setdefault(ref.uid, []).append(ref)
         for gpu in gpus:
+            held = [pods[u] for u in _uuids(gpu) if u in pods]
+            for proc in gpu.processes or ():
+                _fill(proc, host.get(proc.pid), cgroups.get(proc.pid), by_uid, held)
             owners = _jobmap_owners(gpu, mapping) + _kubelet_owners(gpu, pods)
+            if not owners:
+                owners = _cgroup_owners(gpu)
             if owners:
                 gpu.owners = owners
 
@@ -69,6 +101,53 @@ class Attributor:
         if self.kubelet is not None:
             self.kubelet.close()
             self.kubelet = None
+
+
+def _uuids(gpu: Gpu) -> list[str]:
+    return [gpu.uuid, *(m.uuid for m in gpu.mig)]
+
+
+def _fill(
+    proc: GpuProcess,
+    host: ProcessInfo | None,
+    cgroup: CgroupInfo | None,
+    by_uid: dict[str, list[PodRef]],
+    held: list[PodRef],
+) -> None:
+    """Set one process's host side, its cgroup's owner, and the kubelet's names for it."""
+    if host is not None:
+        proc.user, proc.command = host.user, host.command
+        proc.cpu_pct, proc.rss_bytes = host.cpu_pct, host.rss_bytes
+    if cgroup is None:
+        return
+    proc.job, proc.step, proc.unit = cgroup.job, cgroup.step, cgroup.unit
+    proc.pod_uid, proc.container_id = cgroup.pod_uid, cgroup.container_id
+    proc.runtime = cgroup.runtime
+    refs = by_uid.get(cgroup.pod_uid or "", [])
+    if refs:
+        proc.pod, proc.namespace = refs[0].pod, refs[0].namespace
+        # pod-resources names the container holding each device, not container ids: the
+        # one holding this GPU, else the pod's only GPU container, else unknown.
+        mine = {r.container for r in held if r.uid == cgroup.pod_uid}
+        names = mine or {r.container for r in refs}
+        proc.container = names.pop() if len(names) == 1 else None
+
+
+def _cgroup_owners(gpu: Gpu) -> list[GpuOwner]:
+    """The Slurm jobs and pods the GPU's processes belong to, by their cgroups."""
+    owners: list[GpuOwner] = []
+    seen: set[tuple[int | None, str | None, str | None]] = set()
+    for proc in gpu.processes or ():
+        if proc.job is None and proc.pod_uid is None:
+            continue
+        key = (proc.gi_id, proc.job, proc.pod_uid)
+        if key in seen:
+            continue
+        seen.add(key)
+        owners.append(GpuOwner(source="cgroup", gi_id=proc.gi_id, job=proc.job,
+                               pod=proc.pod, namespace=proc.namespace,
+                               container=proc.container, pod_uid=proc.pod_uid))  # fmt: skip
+    return owners
 
 
 def _jobmap_owners(gpu: Gpu, mapping: JobMap) -> list[GpuOwner]:

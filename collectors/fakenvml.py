@@ -41,6 +41,7 @@ ERROR_CODES = {
 }
 ERROR_NAMES = {code: name for name, code in ERROR_CODES.items()}
 FORMAT = "telemetryd.nvml-recording/1"
+PROCESS_UTILIZATION = "nvmlDeviceGetProcessUtilization"
 
 
 class NVMLError(Exception):
@@ -275,6 +276,32 @@ class FakeNvml:
                     )
                 )
         return out
+
+    # -- process utilisation -------------------------------------------------------------
+    def nvmlDeviceGetProcessUtilization(self, handle: FakeHandle, last_seen_us: int) -> list[Any]:
+        """Per-pid samples newer than ``last_seen_us``; NOT_FOUND when there is none."""
+        self._faults(PROCESS_UTILIZATION, handle)
+        samples = self.process_samples(handle.dev, handle.mig, int(last_seen_us))
+        if not samples:
+            raise NVMLError(ERROR_CODES["NVML_ERROR_NOT_FOUND"])
+        return [SimpleNamespace(**sample) for sample in samples]
+
+    def process_samples(self, dev: int, mig: int | None, since_us: int) -> list[dict[str, int]]:
+        """The recorded samples, replayed as if the card kept taking them (a subclass animates).
+
+        A recording holds one read's samples (pid, timeStamp in µs, smUtil, memUtil,
+        encUtil, decUtil); they are shifted so the newest is now, so every interval sees
+        the same load again, as a replayed GPU keeps its recorded utilisation. ``collect
+        --record`` keys the call by its timestamp argument; any such key is accepted.
+        """
+        table = self.devices[dev] if mig is None else self.devices[dev]["mig"][mig]
+        key = next((k for k in table if k.startswith(PROCESS_UTILIZATION + "(")), None)
+        recorded = self.answer(dev, mig, key or PROCESS_UTILIZATION)
+        if not recorded:
+            return []
+        shift = time.time_ns() // 1000 - max(int(s["timeStamp"]) for s in recorded)
+        moved = [{**s, "timeStamp": int(s["timeStamp"]) + shift} for s in recorded]
+        return [s for s in moved if s["timeStamp"] > since_us]
 
     # -- GPM -------------------------------------------------------------------------------
     def nvmlGpmSampleAlloc(self) -> SimpleNamespace:

@@ -1,4 +1,7 @@
-"""The ``host`` collector: CPU, memory, load, uptime, disk space, disk IO and NICs via psutil.
+"""psutil: the ``host`` collector, and the host side of GPU processes (ProcessInspector).
+
+The collector reports CPU, memory, load, uptime, disk space, disk IO and NICs; the
+inspector gives user, command line, CPU and RSS of the pids NVML lists on the GPUs.
 
 This is the one module that imports psutil, so a change of library or a psutil quirk is
 handled here and nowhere else.
@@ -16,8 +19,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import psutil
 
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _SKIPPED_DISK_PREFIXES = ("loop", "ram", "zram")
 _LOOPBACK = "lo"
+_T = TypeVar("_T")
 
 
 class _CpuTimes(Protocol):
@@ -296,6 +301,113 @@ class HostPsutilCollector:
                 )
             )
         host.net = out
+
+
+@dataclass(slots=True)
+class ProcessInfo:
+    """The host side of one process; a field is None when it could not be read."""
+
+    user: str | None = None
+    command: str | None = None
+    cpu_pct: float | None = None  # of one core since the previous call; > 100 when threaded
+    rss_bytes: int | None = None
+
+
+class _Tracked:
+    """A pid's psutil handle and its previous CPU reading (busy seconds, monotonic time)."""
+
+    __slots__ = ("cpu", "proc")
+
+    def __init__(self, proc: psutil.Process) -> None:
+        self.proc = proc
+        self.cpu: tuple[float, float] | None = None
+
+
+class ProcessInspector:
+    """User, command line, CPU % and RSS of GPU processes, for collectors/attribution.py.
+
+    psutil.Process objects are kept per (pid, create time), so a recycled pid is a new
+    process, and CPU % comes from cpu_times deltas between calls (the first call has none),
+    as the host CPU code does. A process that exits mid-read gives what was read before
+    it went; one whose details another user may not read (hidepid, ptrace rules) gives
+    what is readable. Pids not asked for again are forgotten.
+
+    ``procfs`` other than /proc (the host's procfs mounted into the agent's container)
+    becomes psutil's for the whole agent: the host collector then reads the same kernel
+    through the host's mount, and a GPU pid is never looked up in the wrong namespace.
+    """
+
+    def __init__(
+        self, command: str = "full", command_max: int = 128, procfs: str = "/proc"
+    ) -> None:
+        self.command = command
+        self.command_max = command_max
+        self._tracked: dict[int, _Tracked] = {}
+        self.procfs: str | None = procfs
+        if os.path.normpath(procfs) == os.path.normpath(psutil.PROCFS_PATH):
+            return
+        if not os.path.isfile(os.path.join(procfs, "stat")):
+            log.warning("attribution proc_root %s is not a procfs (no stat file); the user, "
+                        "command, CPU and RSS of GPU processes are not read", procfs)  # fmt: skip
+            self.procfs = None
+            return
+        log.info("psutil reads processes from %s (attribution proc_root)", procfs)
+        psutil.PROCFS_PATH = procfs
+
+    def inspect(self, pids: Iterable[int]) -> dict[int, ProcessInfo]:
+        """What is known of each pid now; a pid that does not exist is left out."""
+        wanted = set(pids) if self.procfs is not None else set()
+        for gone in set(self._tracked) - wanted:
+            del self._tracked[gone]
+        found: dict[int, ProcessInfo] = {}
+        for pid in sorted(wanted):
+            info = ProcessInfo()
+            try:
+                self._read(pid, info)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                self._tracked.pop(pid, None)  # exited: keep what was read before it went
+            except (psutil.AccessDenied, OSError) as exc:
+                log.debug("process %d: %s", pid, exc)
+            if info != ProcessInfo():
+                found[pid] = info
+        return found
+
+    def _read(self, pid: int, info: ProcessInfo) -> None:
+        tracked = self._tracked.get(pid)
+        if tracked is None or not tracked.proc.is_running():
+            # psutil.Process records the create time: is_running() is False for a pid reused
+            tracked = self._tracked[pid] = _Tracked(psutil.Process(pid))
+        proc = tracked.proc
+        with proc.oneshot():
+            info.rss_bytes = int(proc.memory_info().rss)
+            times = proc.cpu_times()
+            now = (float(times.user) + float(times.system), time.monotonic())
+            if tracked.cpu is not None and now[1] > tracked.cpu[1]:
+                busy = max(0.0, now[0] - tracked.cpu[0])
+                info.cpu_pct = round(100.0 * busy / (now[1] - tracked.cpu[1]), 1)
+            tracked.cpu = now
+            info.user = _quiet(proc.username)
+            if self.command != "off":
+                info.command = self._command(proc)
+
+    def _command(self, proc: psutil.Process) -> str | None:
+        text: str | None
+        if self.command == "name":
+            text = _quiet(proc.name)
+        else:
+            argv = _quiet(proc.cmdline)
+            text = " ".join(argv) if argv else _quiet(proc.name)  # kernel threads have none
+        if not text:
+            return None
+        return text if len(text) <= self.command_max else text[: self.command_max - 1] + "…"
+
+
+def _quiet(read: Callable[[], _T]) -> _T | None:
+    """One field; None when the kernel refuses it (the process itself may still be read)."""
+    try:
+        return read()
+    except psutil.AccessDenied:
+        return None
 
 
 def create(cfg: AgentConfig) -> HostCollector:

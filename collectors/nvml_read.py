@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from collectors.nvml_procs import ProcessReader
 from telemetryd.clock_events import reason_name
-from telemetryd.model import Gpu, GpuError, GpuProcess, MigDevice
+from telemetryd.model import Gpu, GpuError, MigDevice
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class DeviceReader:
         self._gpm_primed = False
         self._clock_events_fn = "nvmlDeviceGetCurrentClocksEventReasons"
         self._mig_handles: list[Any] = []
+        self._procs = ProcessReader(self)
 
     # -- calls ---------------------------------------------------------------------------
     def call(self, fn: str, *args: Any, handle: Any = None) -> Any:
@@ -160,6 +162,22 @@ class DeviceReader:
                 raise DeviceFatal(fn, code) from None
             self._note(fn, code, exc)
             return None
+
+    def attempt(self, fn: str, *args: Any, handle: Any = None) -> tuple[Any, int]:
+        """Like ``call``, but with the NVML return code (0 on success) for the caller to judge.
+
+        NOT_FOUND is not noted: for some calls it is an answer ("no samples yet").
+        """
+        self.current = fn
+        try:
+            return getattr(self.lib, fn)(self.handle if handle is None else handle, *args), 0
+        except self.lib.NVMLError as exc:
+            code = int(exc.value)
+            if code in FATAL:
+                raise DeviceFatal(fn, code) from None
+            if code != NOT_FOUND:
+                self._note(fn, code, exc)
+            return None, code
 
     def _note(self, fn: str, code: int, exc: Exception) -> None:
         if (fn, code) in self._noted:
@@ -287,7 +305,13 @@ class DeviceReader:
             gpu.pcie_tx_bytes_per_s = tx * 1024.0 if tx is not None else None
             gpu.pcie_rx_bytes_per_s = rx * 1024.0 if rx is not None else None
         if self.processes:
-            gpu.processes = self._processes(gpu)
+            # On a MIG GPU processes live on the instances, not on the parent handle.
+            handles = (
+                [(m.uuid, h) for m, h in zip(gpu.mig, self._mig_handles, strict=True)]
+                if gpu.mig_mode
+                else [(gpu.uuid, self.handle)]
+            )
+            gpu.processes = self._procs.read(handles)
         return gpu
 
     def _memory(self, gpu: Gpu) -> None:
@@ -415,34 +439,6 @@ class DeviceReader:
             attr, scale = GPM_METRICS[metric]
             value = float(result.value)
             setattr(gpu, attr, _pct(value) if scale == 1 else max(0.0, value * scale))
-
-    def _processes(self, gpu: Gpu) -> list[GpuProcess] | None:
-        # On a MIG GPU processes live on the instances, not on the parent handle.
-        handles = self._mig_handles if gpu.mig_mode else [self.handle]
-        found: list[GpuProcess] | None = None
-        for handle in handles:
-            for fn, kind in (
-                ("nvmlDeviceGetComputeRunningProcesses", "compute"),
-                ("nvmlDeviceGetGraphicsRunningProcesses", "graphics"),
-            ):
-                procs = self.call(fn, handle=handle)
-                if procs is None:
-                    continue
-                found = found if found is not None else []
-                for p in procs:
-                    used = getattr(p, "usedGpuMemory", None)
-                    gi = getattr(p, "gpuInstanceId", None)
-                    ci = getattr(p, "computeInstanceId", None)
-                    found.append(
-                        GpuProcess(
-                            pid=int(p.pid),
-                            type=kind,  # type: ignore[arg-type]
-                            used_memory_bytes=int(used) if used is not None else None,
-                            gi_id=gi if gi is not None and gi != UINT_MAX else None,
-                            ci_id=ci if ci is not None and ci != UINT_MAX else None,
-                        )
-                    )
-        return found
 
 
 def _maybe_text(value: Any) -> str | None:

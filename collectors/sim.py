@@ -5,7 +5,9 @@ above NVML (the reader, timeouts, events, the agent, the aggregator, alerts) run
 would on a GPU node. Identity comes from the recorded card, made unique per node and GPU
 (UUIDs are derived from the node name, so a simulated fleet has no duplicate GPUs).
 Scenario faults act where real ones do: an XID arrives through the event set, a lost GPU
-makes every call fail with GPU_IS_LOST, a hang blocks an NVML call.
+makes every call fail with GPU_IS_LOST, a hang blocks an NVML call. With
+``[agent.sim] jobs`` the simulator also writes its jobs to the job mapping directory
+(collectors/simjobs.py), as a Slurm prolog and epilog would.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from collectors.cards import card_path
-from collectors.fakenvml import FakeHandle, FakeNvml, load_recording
+from collectors.fakenvml import PROCESS_UTILIZATION, FakeHandle, FakeNvml, load_recording
 from collectors.nvml import NvmlBackend
 from collectors.scenario import Fault, load_scenario
+from collectors.simjobs import SIM_JOBS_NEED_DIR, SimScheduler
 from collectors.simphysics import TICK_S, CardSpec, GpuPhysics
 from telemetryd.config import AgentConfig
 from telemetryd.errors import SourceUnavailable
@@ -42,6 +45,8 @@ _MIXED = [
 ]
 UINT_MAX = 0xFFFFFFFF
 XID, DBE, REMAP, REMAP_FAILURE = 0x8, 0x2, 0x400, 0x800
+PROCESS_PERIOD_US = 166_667  # recent drivers sample process utilisation at ~6 Hz
+PROCESS_RING_US = 20_000_000  # and keep about this much of it
 
 
 def _personalise(base: dict[str, Any], node: str, index: int) -> dict[str, Any]:
@@ -69,6 +74,7 @@ class SimNvml(FakeNvml):
         workload: str = "mixed",
         faults: list[Fault] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        scheduler: SimScheduler | None = None,
     ) -> None:
         base = card["devices"][0]
         super().__init__({**card, "devices": [_personalise(base, node, i) for i in range(gpus)]})
@@ -90,6 +96,7 @@ class SimNvml(FakeNvml):
         self._started: set[int] = set()
         self._ended: set[int] = set()
         self._clock = clock
+        self.scheduler = scheduler
         self._t0 = clock()
         self._updated = -1.0
         self._lock = threading.Lock()
@@ -112,6 +119,8 @@ class SimNvml(FakeNvml):
                     self._end(fault)
             for physics in self.physics:
                 physics.advance(WARMUP_S + t)
+            if self.scheduler is not None:
+                self.scheduler.sync(self.physics)
 
     def _start(self, fault: Fault) -> None:
         p, dev = self.physics[fault.gpu], fault.gpu
@@ -237,6 +246,29 @@ class SimNvml(FakeNvml):
             return {"type": value_type, "value": value}
         return None
 
+    def process_samples(self, dev: int, mig: int | None, since_us: int) -> list[dict[str, int]]:
+        """Process utilisation as a driver keeps it: a sample per pid every 1/6 s in a ring.
+
+        SM % follows the physics' load with a little per-sample spread, memory % the same
+        share of it as the GPU's own memory utilisation; no encoder or decoder work. A card
+        whose recording marks the call as an error keeps that error.
+        """
+        recorded = self.devices[dev].get(PROCESS_UTILIZATION)
+        s = self.physics[dev].state
+        if mig is not None or isinstance(recorded, dict) or not s.processes:
+            return super().process_samples(dev, mig, since_us) if recorded else []
+        now = time.time_ns() // 1000
+        first = max(since_us, now - PROCESS_RING_US) // PROCESS_PERIOD_US + 1
+        out: list[dict[str, int]] = []
+        for pid, _ in s.processes:
+            for step in range(first, now // PROCESS_PERIOD_US + 1):
+                spread = 0.9 + (zlib.crc32(f"{pid}/{step}".encode()) % 101) / 1000
+                out.append({"pid": pid, "timeStamp": step * PROCESS_PERIOD_US,
+                            "smUtil": round(s.util * spread),
+                            "memUtil": round(s.util * 0.55 * spread),
+                            "encUtil": 0, "decUtil": 0})  # fmt: skip
+        return out
+
     def gpm_value(self, dev: int, metric: int) -> float:
         """GPM metrics from the physics, for cards that support GPM."""
         super().gpm_value(dev, metric)  # unsupported metrics raise as recorded
@@ -258,8 +290,25 @@ def create(cfg: AgentConfig) -> NvmlBackend:
                 seed=cfg.sim.seed,
                 workload=cfg.sim.workload,
                 faults=faults,
+                scheduler=_scheduler(cfg, node),
             )
         except ValueError as exc:
             raise SourceUnavailable(f"simulator: {exc}") from None
 
     return NvmlBackend(build, cfg.nvml, name="sim")
+
+
+def _scheduler(cfg: AgentConfig, node: str) -> SimScheduler | None:
+    """The job-map writer ``[agent.sim] jobs`` asks for; SourceUnavailable saying why not."""
+    if not cfg.sim.jobs:
+        return None
+    if not cfg.attribution.job_map_dir:
+        raise SourceUnavailable(f"simulator: [agent.sim] jobs {SIM_JOBS_NEED_DIR}")
+    scheduler = SimScheduler(cfg.attribution.job_map_dir, node, cfg.sim.gpus)
+    try:
+        scheduler.open()
+    except OSError as exc:
+        raise SourceUnavailable(
+            f"simulator: job_map_dir {cfg.attribution.job_map_dir}: {exc.strerror or exc}"
+        ) from None
+    return scheduler

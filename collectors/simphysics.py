@@ -156,6 +156,7 @@ class GpuPhysics:
         )
         self.t = 0.0
         self._busy = False
+        self.jobs_started = 0  # busy phases begun so far: the scheduler numbers jobs by it
 
     def advance(self, t: float) -> None:
         """Step the model to ``t`` seconds after creation, one tick at a time."""
@@ -223,9 +224,15 @@ class GpuPhysics:
             free = self.spec.fb_total_bytes - self.spec.fb_reserved_bytes
             pid = self._rng.randint(2000, 4_000_000)
             self.state.processes = [(pid, int(free * self._rng.uniform(0.45, 0.92)))]
+            self.jobs_started += 1
         elif not busy and self._busy:
             self.state.processes = []
         self._busy = busy
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job runs on the GPU now."""
+        return self._busy
 
     def gpm(self, metric: int) -> float:
         """GPM metrics (percent, or MiB/s for PCIe) consistent with the current load."""

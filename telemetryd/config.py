@@ -96,6 +96,13 @@ class SimConfig(_Section):
     seed: Annotated[
         int, _doc("Random seed; the same seed and node name give the same readings.", ge=0)
     ] = 0
+    jobs: Annotated[
+        bool,
+        _doc(
+            "Act as the node's scheduler: each simulated job (a GPU's busy phase) is written"
+            " to [agent.attribution] job_map_dir while it runs, as a Slurm prolog would."
+        ),
+    ] = False
 
 
 class AttributionConfig(_Section):

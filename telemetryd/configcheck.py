@@ -87,6 +87,10 @@ def _agent(cfg: AgentConfig, where: Where) -> list[str]:
             load_scenario(cfg.sim.scenario)
         except ScenarioError as exc:
             problems.append(f"{where('agent.sim.scenario')}: agent.sim.scenario: {exc}")
+    if cfg.sim.jobs and cfg.gpu_backend == "sim" and not cfg.attribution.job_map_dir:
+        from collectors.simjobs import SIM_JOBS_NEED_DIR
+
+        problems.append(f"{where('agent.sim.jobs')}: agent.sim.jobs: {SIM_JOBS_NEED_DIR}")
     from collectors.cards import CardError, card_path
 
     try:

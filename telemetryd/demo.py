@@ -43,7 +43,7 @@ from telemetryd.config import (
 )
 from telemetryd.connect import mqtt_settings
 from telemetryd.demo_link import Link
-from telemetryd.demo_parts import Parts, free_port, log_to, state_dir, wait_ready
+from telemetryd.demo_parts import Parts, free_port, log_to, sim_jobs, state_dir, wait_ready
 from telemetryd.demo_report import TIME_UP, AlertLog, Expected, Observer, summary
 from telemetryd.demo_timeline import SILENCE, Step, timeline
 from telemetryd.errors import ConfigError, TelemetrydError
@@ -195,7 +195,8 @@ class Demo:
             gpu_backend="sim",
             collectors=["host"],
             state_dir=str(self.directory / f"agent-{name}"),
-            sim=SimConfig(gpus=self.opts.gpus, scenario=str(SCENARIO), seed=0),
+            sim=SimConfig(gpus=self.opts.gpus, scenario=str(SCENARIO), seed=0, jobs=True),
+            attribution=sim_jobs(self.directory / f"agent-{name}"),
         )
 
     # -- the run ---------------------------------------------------------------------------

@@ -5,7 +5,8 @@ event, so it shuts down through its own code path: agents announce ``offline`` t
 broker that is still there, the aggregator acknowledges what it received, the broker goes
 last. A part that overruns its share of the shutdown is cancelled, named in a warning.
 Also here: free loopback ports, waiting for an HTTP readiness probe, the temporary state
-directory, and sending log lines to a file while a terminal UI owns the screen.
+directory, the simulated jobs of each agent, and sending log lines to a file while a
+terminal UI owns the screen.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
+from telemetryd.config import AttributionConfig
 from telemetryd.errors import TelemetrydError
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,15 @@ class Parts:
                 task.cancel()
             if late:
                 await asyncio.wait(late, timeout=1.0)
+
+
+def sim_jobs(agent_dir: Path) -> AttributionConfig:
+    """Attribution for a demo agent whose simulator schedules jobs (``[agent.sim] jobs``).
+
+    Each agent gets its own job mapping directory (files are named by GPU index), so
+    ``top`` and ``telemetryd jobs`` show jobs, with their energy, as on a Slurm cluster.
+    """
+    return AttributionConfig(job_map_dir=str(agent_dir / "jobs"))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

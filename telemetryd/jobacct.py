@@ -42,7 +42,7 @@ _TEXT_MAX = 256  # JobRecord.job and the other texts on the wire
 _WATTS_MAX = 100_000.0
 
 
-class GpuAccount(Struct, kw_only=True):
+class GpuAccount(Struct, kw_only=True, omit_defaults=True):
     """One job on one GPU: its counter readings and its utilisation so far."""
 
     index: int
@@ -65,7 +65,7 @@ class GpuAccount(Struct, kw_only=True):
         return self.carried_mj + self.last_mj - self.start_mj
 
 
-class JobAccount(Struct, kw_only=True):
+class JobAccount(Struct, kw_only=True, omit_defaults=True):
     """One job on this node: its GPUs and what is known about who runs it."""
 
     job: str

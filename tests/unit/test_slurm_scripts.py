@@ -1,12 +1,11 @@
 """examples/slurm: the prolog and epilog run as Slurm would, read back by JobMapReader.
 
 The scripts run under /bin/sh (dash on Debian, so a bashism fails here) with only the
-environment slurmd gives them.
+environment slurmd gives them: no PATH (Slurm runs prologs without a search path).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -18,7 +17,7 @@ SLURM = Path(__file__).resolve().parents[2] / "examples" / "slurm"
 
 
 def script(name: str, directory: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JOB_MAP_DIR": str(directory)}
+    environ = {"PATH": "", "JOB_MAP_DIR": str(directory)}  # no search path, as slurmd
     return subprocess.run(["/bin/sh", str(SLURM / name)], env={**environ, **env},
                           capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
 
@@ -61,12 +60,14 @@ def test_two_jobs_sharing_a_gpu(tmp_path):
 
 
 def test_prologs_starting_together_lose_no_job(tmp_path):
-    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "JOB_MAP_DIR": str(tmp_path)}
+    environ = {"PATH": "", "JOB_MAP_DIR": str(tmp_path)}
     runs = [subprocess.Popen(["/bin/sh", str(SLURM / "prolog.sh")],
                              env={**environ, "SLURM_JOB_ID": str(job), "SLURM_JOB_GPUS": "0"})
             for job in range(1, 7)]  # fmt: skip
     assert [p.wait(timeout=60) for p in runs] == [0] * 6
-    assert sorted(JobMapReader(tmp_path).read()[(0, None)], key=int) == [str(j) for j in range(1, 7)]
+    assert sorted(JobMapReader(tmp_path).read()[(0, None)], key=int) == [
+        str(j) for j in range(1, 7)
+    ]
     assert files(tmp_path) == {"0": (tmp_path / "0").read_text()}  # no temporary file left
 
 
@@ -89,6 +90,15 @@ def test_without_a_job_id_one_line_says_so(tmp_path, name):
     done = script(name, tmp_path, SLURM_JOB_GPUS="0")
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "SLURM_JOB_ID is not set" in done.stderr
+
+
+def test_jobmap_without_a_mode_says_what_it_expects(tmp_path):
+    done = script("jobmap.sh", tmp_path, SLURM_JOB_ID="1")
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == "telemetryd jobmap.sh: expected 'add' (prolog) or 'remove' (epilog), got ''\n"
+    )
 
 
 def test_a_gpu_given_by_uuid_is_skipped_with_a_line(tmp_path):
