@@ -30,6 +30,7 @@ newer one is refused (we would corrupt it).
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -48,10 +49,10 @@ from exporters.sqlite_schema import (
     TABLES,
     Row,
     Table,
-    fit_int64,
     to_rows,
 )
 from exporters.sqlite_upkeep import Options, Retention, options
+from telemetryd.codec import encode_json
 from telemetryd.workers import Worker, WorkerBusy, WorkerTimeout
 
 if TYPE_CHECKING:
@@ -339,6 +340,29 @@ def _insert(con: sqlite3.Connection, table: Table, rows: list[Row]) -> None:
         # forever, and its exact value goes into details. Rows already inserted by the
         # first attempt are simply replaced.
         con.executemany(sql, [fit_int64(table, row) for row in rows])
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def fit_int64(table: Table, row: Row) -> Row:
+    """``row`` with integers beyond SQLite's 64-bit INTEGER as REAL (rare: the slow path).
+
+    The column keeps the magnitude, for queries; the exact integer goes into ``details``
+    under the column's name, for the reader. Every table's last column is ``details``.
+    """
+    names = [name for name, _ in table.all_columns()]
+    exact = {
+        names[i]: v
+        for i, v in enumerate(row)
+        if type(v) is int and not _INT64_MIN <= v <= _INT64_MAX
+    }
+    if not exact:
+        return row
+    details = json.loads(row[-1]) if row[-1] else {}
+    details.update(exact)
+    fitted = tuple(float(v) if names[i] in exact else v for i, v in enumerate(row[:-1]))
+    return (*fitted, encode_json(details).decode())
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ stored as REAL in its column; clock_event_reasons that commas cannot join back).
 key that names a column of the row holds that column's exact value, which is how
 exporters/sqlite_reader.py rebuilds every report exactly.
 
-Why every key but one starts with ``time_ns``: the key is what makes a write idempotent, but its
-column order is also the order rows are stored in. Keyed ``(node, gpu_index, time_ns)``,
+Why every key but one starts with ``time_ns``: the key is what makes a write idempotent,
+but its column order is also the order rows are stored in. Keyed ``(node, gpu_index, time_ns)``,
 a batch from 1000 nodes lands in 8000 places of the table and each of those pages is
 rewritten; keyed by time first, a batch appends at one end. Measured on 2 cores, gpu
 table alone, 1000 simulated 8-GPU nodes up to 1.2M rows: node first 2,500 reports/s and
@@ -24,19 +24,14 @@ falling (the last batches at 2,100/s), time first 11,000/s and flat. The same re
 the gpu table to one secondary index, (uuid, time_ns): an index not led by time costs one
 page write per GPU per batch, and adding (node, gpu_index, time_ns) cost a third (7,200/s).
 Per-node questions go through the time-ordered key with a time bound, or the uuid index.
-The one exception is ``job``: a row per job and node, replaced while the job runs, so it
-is keyed by what it is, (cluster, job, node, start_ns), and expires on ``end_ns``; it gets
-a few rows per job, not per interval, so its key order costs nothing measurable.
+The exception is ``job``, a row per job and node replaced while the job runs (a few rows
+per job, not per interval): keyed by what it is, it expires on ``end_ns``.
 
-Processes have a table of their own (``gpu_process``, one row per process per GPU per
-report, ``slot`` its place in the GPU's list): one column per field, so "what did job 1234
-run" is a query, not JSON digging. The gpu row keeps ``process_count`` (NULL when the
-report said nothing about processes, 0 when it said "none"), which is what rebuilds the
-list, and the GPU's owners as ``hpc_job``, ``pod``, ``namespace``, ``container`` columns
-(exporters/owners.py) beside the exact list in ``details``. Job records are stored twice
-on purpose: each report's list stays in its agent row's ``details`` (so a report rebuilds
-exactly), and the ``job`` table keeps the newest record of each job per node, for
-``telemetryd jobs``.
+Processes get a table (``gpu_process``, ``slot`` the place in the GPU's list) so "what
+did job 1234 run" is a query, not JSON digging; the gpu row keeps ``process_count`` (NULL:
+the report said nothing, 0: "none") and its owners as query columns (exporters/owners.py;
+the exact list stays in ``details``). Job records are stored twice on purpose: in each
+report's agent ``details`` (exact rebuild) and, the newest per job and node, in ``job``.
 
 No sqlite3 here: this module only says what the raw tables look like and turns reports
 into tuples in column order, with plain attribute access (``operator.attrgetter``) because
@@ -46,7 +41,6 @@ exporters/sqlite_rollup.py.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -412,26 +406,3 @@ def job_rows(cluster: str, node: str, records: Sequence[JobRecord]) -> list[Row]
         )
         for j in records
     ]
-
-
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-
-
-def fit_int64(table: Table, row: Row) -> Row:
-    """``row`` with integers beyond SQLite's 64-bit INTEGER as REAL (rare: the slow path).
-
-    The column keeps the magnitude, for queries; the exact integer goes into ``details``
-    under the column's name, for the reader. Every table's last column is ``details``.
-    """
-    names = [name for name, _ in table.all_columns()]
-    exact = {
-        names[i]: v
-        for i, v in enumerate(row)
-        if type(v) is int and not _INT64_MIN <= v <= _INT64_MAX
-    }
-    if not exact:
-        return row
-    details = json.loads(row[-1]) if row[-1] else {}
-    details.update(exact)
-    fitted = tuple(float(v) if names[i] in exact else v for i, v in enumerate(row[:-1]))
-    return (*fitted, encode_json(details).decode())

@@ -133,6 +133,37 @@ def test_every_value_reads_back_exactly(influxdb: InfluxDB) -> None:
             assert row[key] == value, (gpu.index, key)
 
 
+def test_owners_processes_and_ended_jobs_read_back(influxdb: InfluxDB) -> None:
+    """Issue 7's fields: who holds each GPU, process attribution, one point per ended job."""
+    from tests.unit.test_lineprotocol import attributed
+
+    influxdb.create_database(DB)
+    report = attributed()
+    assert asyncio.run(write(sink_for(influxdb), [report, report])) == []  # twice: same points
+
+    gpus = influxdb.points("SELECT hpc_job, pod, namespace, container FROM gpu GROUP BY gpu", DB)
+    assert sorted((r["gpu"], r["hpc_job"], r["pod"], r["namespace"], r["container"])
+                  for r in gpus) == [("0", "1200,1234", "train-0", "ml", "main"),
+                                     ("1", None, None, None, "c0ffee")]  # fmt: skip
+    (proc,) = influxdb.points("SELECT * FROM gpu_process WHERE gpu = '0' GROUP BY *", DB)
+    p = (report.gpus[0].processes or [])[0]
+    assert {k: proc[k] for k in scalars(p, ("gi_id", "ci_id"))} == scalars(p, ("gi_id", "ci_id"))
+    assert proc["command"] == 'python "train.py" --lr=0.1'
+
+    jobs = influxdb.points("SELECT * FROM job GROUP BY *", DB)
+    ended = sorted((j for j in report.jobs if j.state == "ended"), key=lambda j: j.job)
+    assert [(r["slot"], r["job"], r["time"]) for r in jobs] == [
+        (str(i), j.job, j.end_ns) for i, j in enumerate(ended)
+    ]
+    pod = jobs[1]
+    assert (pod["energy_mj"], pod["energy_j"], pod["gpus"], pod["gpu_count"]) == (
+        7_250_500, 7250.5, "0,2", 2,
+    )  # fmt: skip
+    assert (pod["kind"], pod["pod"], pod["namespace"], pod["util_mean_pct"]) == (
+        "pod", "train-0", "ml", 40.25,
+    )  # fmt: skip
+
+
 def test_the_same_report_written_twice_is_the_same_points(influxdb: InfluxDB) -> None:
     influxdb.create_database(DB)
     batch = [rich(seq) for seq in range(3)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
@@ -58,6 +59,14 @@ async def write_all(path: Path, *batches, **kwargs) -> SqliteSink:
     finally:
         await sink.close()
     return sink
+
+
+def raw(path: Path, sql: str, args=()) -> list[tuple]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
 
 
 def run(coro):

@@ -9,7 +9,7 @@ import pytest
 
 from exporters.sqlite import SqliteReader, SqliteSink
 from telemetryd.model import JobRecord, Report, decode_report
-from tests.unit.sqlite_cases import Clock, copy, full_report, run, write_all
+from tests.unit.sqlite_cases import Clock, copy, full_report, raw, run, write_all
 from tests.unit.test_lineprotocol import attributed, job
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "sqlite"
@@ -31,14 +31,6 @@ def everything(db: Path) -> list[Report]:
         return [x for page in r.reports() for x in page]
 
 
-def rows(db: Path, sql: str, args=()) -> list[tuple]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
-
-
 def on(node: str, t_s: int, *records: JobRecord, seq: int = 1, cluster: str = "c-1") -> Report:
     """A small report of ``node`` carrying ``records``."""
     r = full_report(t_s * S, seq=seq, node=node)
@@ -55,15 +47,15 @@ def test_processes_owners_and_jobs_come_back_exactly(db):
     assert everything(db) == [report, second]
 
     # One column per process field, in the GPU's order; the gpu row says how many.
-    procs = rows(db, "SELECT gpu_index, slot, pid, user, command, job, step, sm_util_pct, "
+    procs = raw(db, "SELECT gpu_index, slot, pid, user, command, job, step, sm_util_pct, "
                  "cpu_pct, rss_bytes, runtime FROM gpu_process WHERE time_ns = ? ORDER BY "
                  "gpu_index, slot", (report.time_ns,))  # fmt: skip
     assert procs == [(0, 0, 4242, "alice", 'python "train.py" --lr=0.1', "1234", "0", 87, 101.5,
                       1 << 30, "systemd")]  # fmt: skip
-    counts = rows(db, "SELECT time_ns, gpu_index, process_count FROM gpu ORDER BY 1, 2")
+    counts = raw(db, "SELECT time_ns, gpu_index, process_count FROM gpu ORDER BY 1, 2")
     assert [c[2] for c in counts] == [1, None, None, 0]
     # Owners as the line protocol and /metrics show them (exporters/owners.py).
-    owners = rows(db, "SELECT gpu_index, hpc_job, pod, namespace, container FROM gpu "
+    owners = raw(db, "SELECT gpu_index, hpc_job, pod, namespace, container FROM gpu "
                   "WHERE time_ns = ?", (report.time_ns,))  # fmt: skip
     assert owners == [(0, "1200,1234", "train-0", "ml", "main"), (1, None, None, None, "c0ffee")]
 
@@ -81,7 +73,7 @@ def test_the_job_table_keeps_the_newest_record_of_each_part(db):
     keep_raw(db, [on("node-a", 1020, later, seq=2), on("node-a", 1030, ended, seq=3)])
     with SqliteReader(db) as r:
         assert r.job_parts() == [("c-1", "node-a", ended)]
-    stored = rows(db, "SELECT cluster, job, node, start_ns, state, end_ns, energy_mj, gpu_count,"
+    stored = raw(db, "SELECT cluster, job, node, start_ns, state, end_ns, energy_mj, gpu_count,"
                   " gpu_indices FROM job")  # fmt: skip
     assert stored == [("c-1", "77", "node-a", 1000 * S, "ended", 1030 * S, 1_200, 2, "0,1")]
     # Every report still carries its own records.
@@ -115,7 +107,7 @@ def test_old_jobs_expire_on_their_end_and_processes_with_their_gpus(db):
     with SqliteReader(db) as r:
         assert [p[2].job for p in r.job_parts()] == ["2"]
         assert r.counts()["gpu_process"] == 2  # the recent report's two processes
-    assert rows(db, "SELECT DISTINCT time_ns FROM gpu_process") == [((now - 60) * S,)]
+    assert raw(db, "SELECT DISTINCT time_ns FROM gpu_process") == [((now - 60) * S,)]
 
 
 def test_a_version_2_file_is_migrated_and_rebuilds_every_report(db):
@@ -129,19 +121,19 @@ def test_a_version_2_file_is_migrated_and_rebuilds_every_report(db):
         decode_report(x) for x in (FIXTURES / "v2-reports.jsonl").read_bytes().splitlines()
     ]
     # Version 2 kept processes in the gpu rows' details (an empty list too: "none").
-    assert rows(db, "SELECT count(*) FROM gpu WHERE details LIKE '%\"processes\"%'") == [(3,)]
+    assert raw(db, "SELECT count(*) FROM gpu WHERE details LIKE '%\"processes\"%'") == [(3,)]
 
     newer = copy(originals[-1], seq=52, time_ns=originals[-1].time_ns + 10 * S, jobs=[])
     keep_raw(db, [newer])
-    assert rows(db, "PRAGMA user_version") == [(3,)]
+    assert raw(db, "PRAGMA user_version") == [(3,)]
     assert everything(db) == [*originals, newer]
     # What version 2 kept in details is in the new tables and columns now.
-    assert rows(db, "SELECT count(*) FROM gpu WHERE details LIKE '%\"processes\"%'") == [(0,)]
-    assert rows(db, "SELECT time_ns, gpu_index, slot, pid, user FROM gpu_process ORDER BY 1") == [
+    assert raw(db, "SELECT count(*) FROM gpu WHERE details LIKE '%\"processes\"%'") == [(0,)]
+    assert raw(db, "SELECT time_ns, gpu_index, slot, pid, user FROM gpu_process ORDER BY 1") == [
         (originals[0].time_ns, 0, 0, 4242, "alice"),
         (originals[0].time_ns, 0, 1, 7, None),
     ]
-    gpus = rows(db, "SELECT gpu_index, process_count, hpc_job, pod, container FROM gpu "
+    gpus = raw(db, "SELECT gpu_index, process_count, hpc_job, pod, container FROM gpu "
                 "WHERE time_ns = ?", (originals[0].time_ns,))  # fmt: skip
     assert gpus == [(0, 2, "4321", "train-0", "main"), (1, None, None, None, None),
                     (2, 0, None, None, "0123abcd")]  # fmt: skip

@@ -30,7 +30,7 @@ from telemetryd.model import (
 )
 from telemetryd.sampler import open_sampler
 from telemetryd.urls import UrlError, parse_sink_url
-from tests.unit.sqlite_cases import DAY_NS, copy, run, write_all
+from tests.unit.sqlite_cases import DAY_NS, copy, raw, run, write_all
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +66,8 @@ def raw_counts(reader: sq.SqliteReader) -> dict[str, int]:
     return {k: v for k, v in reader.counts().items() if not k.endswith("_1m")}
 
 
-def raw(path: Path, sql: str, args=()) -> list[tuple]:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()
+ONE_REPORT = {"gpu": 8, "gpu_process": 6, "host": 1, "event": 0, "agent": 1, "job": 0}
+"""The raw rows of one simulated report: 8 GPUs running 6 processes, no event, no job."""
 
 
 # --- values ---------------------------------------------------------------------------
@@ -249,14 +245,7 @@ def test_a_batch_failing_part_way_leaves_nothing_and_the_next_write_succeeds(db,
             with pytest.raises(SinkError, match=rf"{db}.*boom"):
                 await sink.write(reports[1:4])
             with read(db) as r:
-                assert raw_counts(r) == {
-                    "gpu": 8,
-                    "gpu_process": 6,
-                    "host": 1,
-                    "event": 0,
-                    "agent": 1,
-                    "job": 0,
-                }
+                assert raw_counts(r) == ONE_REPORT
             con.execute("DROP TRIGGER boom")
             con.commit()
             con.close()
@@ -353,14 +342,7 @@ def test_retention_deletes_old_rows_only_and_at_most_once_per_period(db, reports
             await sink.write([old, reports[2]])  # the first write starts a pass
             with read(db) as r:
                 assert r.report_keys() == {("sim-01", reports[2].boot_id, 2)}
-                assert raw_counts(r) == {
-                    "gpu": 8,
-                    "gpu_process": 6,
-                    "host": 1,
-                    "event": 0,
-                    "agent": 1,
-                    "job": 0,
-                }
+                assert raw_counts(r) == ONE_REPORT
             await sink.write([old2])  # within the hour: kept for now
             with read(db) as r:
                 assert r.counts()["agent"] == 2
@@ -393,14 +375,7 @@ def test_a_large_expiry_is_spread_over_writes_in_chunks(db, reports, monkeypatch
                 assert 0 < r.counts()["gpu"] < 480  # a chunk went, not all
             assert await sink.prune() > 0
             with read(db) as r:
-                assert raw_counts(r) == {
-                    "gpu": 8,
-                    "gpu_process": 6,
-                    "host": 1,
-                    "event": 0,
-                    "agent": 1,
-                    "job": 0,
-                }
+                assert raw_counts(r) == ONE_REPORT
             # Most of the file was freed: the pages went back to the filesystem.
             [(free, pages)] = raw(db, "SELECT * FROM pragma_freelist_count, pragma_page_count")
             assert free <= pages // 4 and pages < pages_before
@@ -413,14 +388,7 @@ def test_a_large_expiry_is_spread_over_writes_in_chunks(db, reports, monkeypatch
 def test_retention_zero_keeps_everything(db, reports):
     run(write_all(db, [aged(reports[0], 400)], retention_days=0, raw_days=0))
     with read(db) as r:
-        assert raw_counts(r) == {
-            "gpu": 8,
-            "gpu_process": 6,
-            "host": 1,
-            "event": 0,
-            "agent": 1,
-            "job": 0,
-        }
+        assert raw_counts(r) == ONE_REPORT
 
 
 # --- schema ---------------------------------------------------------------------------
