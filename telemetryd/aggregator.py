@@ -36,6 +36,7 @@ from telemetryd.durable import replace_file
 from telemetryd.errors import ConfigError
 from telemetryd.fleet import Fleet, dumps
 from telemetryd.ingest import Limits, Rejected, validate
+from telemetryd.jobs import JobTable
 from telemetryd.model import EventMessage, Report, Status
 from telemetryd.names import sanitize_hostname
 from telemetryd.service import stopped_within
@@ -90,6 +91,7 @@ class Aggregator:
         self.mqtt_error = ""  # why the last connection attempt failed, for /readyz
         self.metrics: FleetCollector | None = None  # fed each new report when /metrics is served
         self.alerts: AlertService | None = None  # the alert engine, unless turned off
+        self.jobs = JobTable()  # running and recently ended jobs, joined across nodes
         self._session: MqttSession | None = None
         self._commit_lock = asyncio.Lock()
         self._summary_error = ""
@@ -173,6 +175,7 @@ class Aggregator:
             for report in reports:
                 self.fleet.claim(report)
                 events = self.fleet.on_report(report, now)
+                self.jobs.observe(report)
                 fleet_events += events
                 if self.metrics is not None:
                     self.metrics.observe(report, now)
@@ -320,6 +323,8 @@ class Aggregator:
     async def _save_snapshot(self) -> None:
         async with self._commit_lock:
             data: dict[str, Any] = {"index": self.wal.next_index, "fleet": self.fleet.snapshot()}
+            self.jobs.prune(time.time_ns())
+            data["jobs"] = self.jobs.snapshot()
             if self.alerts is not None:
                 data["alerts"] = self.alerts.snapshot()
         await asyncio.to_thread(replace_file, self.snapshot_path, dumps(data))
@@ -419,6 +424,7 @@ async def serve(cfg: AggregatorConfig, stop: asyncio.Event) -> None:
             from telemetryd.alerting.service import open_alerts
 
             aggregator.alerts = open_alerts(cfg.alerts, aggregator.fleet, directory, name=host)
+            aggregator.alerts.engine.jobs = aggregator.jobs
         api = None
         if cfg.listen:
             from telemetryd.httpapi import HttpApi

@@ -518,6 +518,40 @@ def export_cmd(
         click.echo(f"refused items are in {dead_letters}, with the target's reason", err=True)
 
 
+@cli.command("jobs")
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML file whose [aggregator] names the store (its sqlite sink or state_dir).",
+)
+@click.option(
+    "--store",
+    metavar="URL",
+    help="sqlite:///PATH or influxdb://[USER@]HOST:PORT/DB (1.x: ended jobs only).  "
+    "[default: the configured aggregator's SQLite store]",
+)
+@click.option(
+    "--since",
+    callback=_when,
+    metavar="T",
+    help="Jobs running or ended from T on: 2026-11-30, 24h, 7d...",
+)
+@click.option("--node", metavar="NAME", help="Only jobs that ran on this node (shown whole).")
+@click.option("--job", "job_id", metavar="ID", help="Only this job (id, or namespace/pod).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (docs/jobs.md).")
+def jobs_cmd(config_file: str | None, store: str | None, since: int | None, node: str | None,
+             job_id: str | None, as_json: bool) -> None:  # fmt: skip
+    """List jobs with their nodes, GPUs, energy and utilisation, from the store."""
+    from telemetryd import jobscmd
+    from telemetryd.configload import load
+
+    cfg = load(config_file).config.aggregator
+    jobscmd.run(cfg, store, since_ns=since, node=node, job=job_id, as_json=as_json,
+                out=sys.stdout)  # fmt: skip
+
+
 @cli.group()
 def config() -> None:
     """Check configuration files and print documented samples."""

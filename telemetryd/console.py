@@ -294,10 +294,15 @@ def status_lines(doc: StatusDoc) -> list[Text | Table]:
 
 
 def print_status(doc: StatusDoc, file: TextIO | None = None) -> None:
-    """Print the status summary for a person.
+    """Print the status summary for a person (see ``_emit``)."""
+    _emit(status_lines(doc), file)
 
-    On a terminal: in colour, as wide as it is. Elsewhere (a pipe, a file, an SSH command
-    in a script): plain text, 160 columns, without the padding rich leaves at line ends.
+
+def _emit(parts: list[Text | Table], file: TextIO | None) -> None:
+    """Print for a person: in colour and as wide as a terminal, else plain text.
+
+    Elsewhere than a terminal (a pipe, a file, an SSH command in a script): 160 columns,
+    without the padding rich leaves at line ends.
     """
     import io
 
@@ -305,7 +310,58 @@ def print_status(doc: StatusDoc, file: TextIO | None = None) -> None:
     tty = out.isatty()
     target: TextIO = out if tty else io.StringIO()
     console = Console(file=target, width=None if tty else 160, highlight=False)
-    for part in status_lines(doc):
+    for part in parts:
         console.print(part)
     if isinstance(target, io.StringIO):
         out.write("".join(line.rstrip() + "\n" for line in target.getvalue().splitlines()))
+
+
+# -- telemetryd jobs -----------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from telemetryd.jobs import Job
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return (
+        f"{s // 3600}h{s % 3600 // 60:02d}m"
+        if s < 86400
+        else f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    )
+
+
+def _energy(mj: int | None) -> str:
+    """kWh, what a bill uses; joules below 0.01 kWh (36 kJ), where kWh would read 0.00."""
+    if mj is None:
+        return "-"
+    return f"{mj / 3.6e9:,.2f} kWh" if mj >= 3.6e7 else f"{mj / 1000:,.0f} J"
+
+
+def _listed(names: list[str], room: int = 3) -> str:
+    return ",".join(names[:room]) + (f" +{len(names) - room}" if len(names) > room else "")
+
+
+def jobs_table(jobs: list[Job]) -> Table:
+    """One row per job; absent numbers are "-", never 0."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("job", "state", "nodes", "GPUs", "start (UTC)", "duration", "energy", "power W",
+                 "util % mean/peak", "mem peak GiB", "user/pod"):  # fmt: skip
+        table.add_column(name, justify="right" if name in ("GPUs", "power W") else "left")
+    for j in jobs:
+        start = datetime.datetime.fromtimestamp(j.start_ns / 1e9, datetime.UTC)
+        owner = j.user or (f"{j.namespace}/{j.pod}" if j.pod else "-")
+        table.add_row(
+            j.job if j.cluster == jobs[0].cluster else f"{j.cluster}/{j.job}",
+            Text(j.state, style="green" if j.state == "running" else ""),
+            _listed(j.nodes), str(len(j.gpus)), start.strftime("%Y-%m-%d %H:%M"),
+            _duration(j.duration_s), _energy(j.energy_mj), _num(j.mean_power_w),
+            f"{_num(j.util_mean_pct)}/{_num(j.util_peak_pct)}", _gib(j.mem_peak_bytes), owner,
+        )  # fmt: skip
+    return table
+
+
+def print_jobs(jobs: list[Job], file: TextIO | None = None) -> None:
+    """``telemetryd jobs`` for a person: the table, or one line when there is none."""
+    _emit([jobs_table(jobs) if jobs else Text("no jobs in the store for this selection")], file)

@@ -1,8 +1,9 @@
 """Start-up of the aggregator: the last snapshot, then the WAL records written after it.
 
-The snapshot holds the fleet's sequence accounting and the alert engine's state with the
-WAL index they cover; replaying the records after that index (alerts on sample time, so
-they reach the same states) makes a crash cost nothing but the replay.
+The snapshot holds the fleet's sequence accounting, the live job table and the alert
+engine's state with the WAL index they cover; replaying the records after that index
+(alerts on sample time, so they reach the same states) makes a crash cost nothing but the
+replay.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def recover(agg: Aggregator) -> None:
             data = json.loads(agg.snapshot_path.read_bytes())
             agg.fleet.restore(data["fleet"])
             agg.snapshot_index = int(data["index"])
+            agg.jobs.restore(data.get("jobs", {}))
             if agg.alerts is not None:
                 agg.alerts.restore(data.get("alerts", {}))
         except (ValueError, KeyError, TypeError) as exc:
@@ -49,6 +51,7 @@ def recover(agg: Aggregator) -> None:
             else:
                 if agg.fleet.claim(report):
                     events = agg.fleet.on_report(report, time.time_ns())
+                    agg.jobs.observe(report)
                     if agg.alerts is not None:  # on sample time: the same states again
                         agg.alerts.on_report(report, report.time_ns)
                         agg.alerts.on_fleet_events(events)

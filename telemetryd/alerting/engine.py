@@ -3,7 +3,8 @@
 A report is evaluated the moment it is durable (not on a slow timer), so the time from
 a faulty sample's arrival to the dispatcher is the cost of the evaluation itself. Only
 what cannot arrive with a report runs on the 1 s tick: absence (a node that went silent),
-keep-firing timers of event alerts, group aggregates and the aggregator's own health.
+keep-firing timers of event alerts, group aggregates, the aggregator's own health and
+running jobs (the aggregator's JobTable, set as ``jobs``; a job that ended resolves).
 
 States follow Prometheus: a condition that holds is *pending* until it has held for
 ``for``, then *firing*; it resolves when the condition stops (or, with ``resolve``, when
@@ -27,13 +28,15 @@ from telemetryd.alerting.envs import (
     GpuEnv,
     GroupEnv,
     History,
+    JobEnv,
     NodeEnv,
 )
 from telemetryd.alerting.expr import Env, Value, truth
 from telemetryd.alerting.model import Alert, fingerprint
 from telemetryd.alerting.rules import Rule
 from telemetryd.fleet import Fleet
-from telemetryd.model import Event, EventMessage, Report, Status
+from telemetryd.jobs import JobTable
+from telemetryd.model import Event, EventMessage, Gpu, Report, Status
 
 _TIME_NAMES = {"state", "silent_s"}  # node rules that can change without a report
 
@@ -78,6 +81,7 @@ class Engine:
         self.by_gpu: dict[tuple[str, str, str], set[str]] = {}
         self._changed: list[Alert] = []
         self.evaluations = 0
+        self.jobs: JobTable | None = None  # the aggregator's live jobs, for job rules
 
     # -- inputs ----------------------------------------------------------------------------
     def on_report(self, report: Report, now_ns: int) -> None:
@@ -136,6 +140,7 @@ class Engine:
             ):
                 self._resolve(alert, now_ns)
         self._groups(now_ns)
+        self._jobs(now_ns)
         labels_base = {"scope": "aggregator", "aggregator": self.name}
         history = self._history(("aggregator",))
         for rule in self.scoped.get("aggregator", ()):
@@ -232,6 +237,28 @@ class Engine:
                 labels = {k: v for k, v in labels.items() if v}
                 group_env = GroupEnv(group, labels)
                 self._evaluate(rule, labels, key, group_env, now_ns, None, record=False)
+
+    def _jobs(self, now_ns: int) -> None:
+        rules = self.scoped.get("job", ())
+        if not rules or self.jobs is None:
+            return
+        running: set[tuple[str, ...]] = set()
+        for job, held in self.jobs.held(now_ns):
+            gpus: list[Gpu] = []
+            for node, index in held:
+                report = self.latest.get((job.cluster, node))
+                gpus += [g for g in report.gpus if g.index == index] if report else []
+            labels = {"cluster": job.cluster, "job": job.job}
+            labels |= {k: v for k in ("user", "pod", "namespace") if (v := getattr(job, k))}
+            series = (job.cluster, job.job)
+            running.add(series)
+            env = JobEnv(job, gpus, now_ns, labels)
+            for rule in rules:
+                self._evaluate(rule, labels, series, env, now_ns, None, record=False)
+        for alert in list(self.active.values()):  # the job ended (or left the table)
+            scope = self.rules[alert.rule].scope if alert.rule in self.rules else ""
+            if scope == "job" and alert.series not in running:
+                self._resolve(alert, now_ns)
 
     # -- the state machine -----------------------------------------------------------------
     def _evaluate(

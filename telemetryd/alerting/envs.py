@@ -1,4 +1,4 @@
-"""What a rule expression sees in each scope: one small ``Env`` per GPU, node, event, group.
+"""What a rule expression sees in each scope: one small ``Env`` per GPU, node, event, group, job.
 
 Kept apart from the engine so the engine reads as a state machine, and so each scope's
 names (documented in docs/alerts.md) are defined where they are computed.
@@ -12,6 +12,7 @@ from typing import Any
 
 from telemetryd.alerting.expr import Compiled, Value, Window
 from telemetryd.fleet import Fleet, NodeState
+from telemetryd.jobs import Job
 from telemetryd.model import Event, Gpu, Report
 
 _POINTS = 32  # per look-back: enough resolution, bounded memory for 10k GPUs
@@ -234,3 +235,46 @@ class AggregatorEnv(_Base):
     def name(self, name: str) -> Value:
         """The value of a plain name in this scope (None when absent)."""
         return self.values.get(name)
+
+
+class JobEnv(_Base):
+    """One running job: its joined record, and the GPUs it holds in their latest reports.
+
+    The live names (``util_pct``, ``power_w``, ...) read the GPUs the job holds now (the
+    running parts, not GPUs it already left), each in its node's latest report: the job
+    record itself only has means since the start, which would hide a job that went idle.
+    """
+
+    def __init__(self, job: Job, gpus: list[Gpu], now_ns: int, labels: dict[str, str]) -> None:
+        super().__init__(labels, None)
+        self.job, self.gpus, self.now_ns = job, gpus, now_ns
+
+    def _live(self, field: str) -> list[float]:
+        values = (getattr(g, field) for g in self.gpus if g.error is None)
+        return [v for v in values if v is not None]
+
+    def name(self, name: str) -> Value:  # one line per documented name
+        """The value of a plain name in this scope (None when absent)."""
+        job = self.job
+        if name in ("job", "kind", "cluster"):
+            return str(getattr(job, name))
+        if name in ("nodes", "gpus"):
+            return len(getattr(job, name))
+        if name == "age_s":
+            return (self.now_ns - job.start_ns) / 1e9
+        if name == "energy_j":
+            return None if job.energy_mj is None else job.energy_mj / 1000
+        live = self._live(_LIVE[name]) if name in _LIVE else []
+        if not live:
+            return None
+        if name == "util_pct":
+            return sum(live) / len(live)
+        return max(live) if name == "util_max_pct" else sum(live)
+
+
+_LIVE = {
+    "util_pct": "util_gpu_pct",
+    "util_max_pct": "util_gpu_pct",
+    "power_w": "power_w",
+    "mem_used_bytes": "fb_used_bytes",
+}

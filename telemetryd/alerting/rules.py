@@ -23,8 +23,8 @@ from telemetryd.codec import struct_fields
 from telemetryd.errors import ConfigError
 from telemetryd.model import AgentStats, Event, Gpu, Host
 
-Scope = Literal["gpu", "node", "event", "group", "aggregator"]
-SCOPES: tuple[Scope, ...] = ("gpu", "node", "event", "group", "aggregator")
+Scope = Literal["gpu", "node", "event", "group", "aggregator", "job"]
+SCOPES: tuple[Scope, ...] = ("gpu", "node", "event", "group", "aggregator", "job")
 _RULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 _LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _KEYS = {
@@ -77,12 +77,23 @@ _AGGREGATOR_NAMES = Names(
     hint="expected mqtt_connected, broker_dropped, wal_bytes, sink_lag_bytes, sinks_retrying"
     " or deadletters",
 )  # fmt: skip
+_JOB_NAMES = Names(
+    plain=frozenset({
+        "job", "kind", "cluster", "nodes", "gpus", "util_pct", "util_max_pct", "power_w",
+        "energy_j", "age_s", "mem_used_bytes",
+    }),
+    dotted={},
+    windows=False,
+    hint="expected job, kind, cluster, nodes, gpus, util_pct, util_max_pct, power_w, "
+    "energy_j, age_s or mem_used_bytes",
+)  # fmt: skip
 SCOPE_NAMES: dict[Scope, Names] = {
     "gpu": _GPU_NAMES,
     "node": _NODE_NAMES,
     "event": _EVENT_NAMES,
     "group": _GROUP_NAMES,
     "aggregator": _AGGREGATOR_NAMES,
+    "job": _JOB_NAMES,
 }
 
 

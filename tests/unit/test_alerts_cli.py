@@ -144,7 +144,7 @@ def test_check_rules_good_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert (code, out, err) == (0, f"2 rules OK: {rules} (2)\n", "")
     code, out, err = call(["alerts", "check-rules", "--with-defaults", str(rules.parent)], capsys)
     assert (code, err) == (0, "")
-    assert out.startswith("50 rules OK: default rule pack (48), ")
+    assert out.startswith("51 rules OK: default rule pack (49), ")
 
 
 def test_check_rules_bad_dir_lists_every_problem(
@@ -171,7 +171,7 @@ def test_check_rules_says_which_shipped_rules_a_site_replaces(
     code, out, err = call(["alerts", "check-rules", "--with-defaults", str(own.parent)], capsys)
     assert (code, err) == (0, "")
     assert out == (
-        f"48 rules OK: default rule pack (47), {own} (1); replacing shipped GpuTempNearSlowdown\n"
+        f"49 rules OK: default rule pack (48), {own} (1); replacing shipped GpuTempNearSlowdown\n"
     )
 
 
@@ -188,13 +188,13 @@ def test_check_rules_without_dir_checks_the_shipped_pack(
 ) -> None:
     assert call(["alerts", "check-rules"], capsys) == (
         0,
-        "48 rules OK: default rule pack (48)\n",
+        "49 rules OK: default rule pack (49)\n",
         "",
     )
     rules = write(tmp_path / "rules" / "gpu.toml", RULES)
     cfg = write(tmp_path / "t.toml", f'[aggregator.alerts]\nrules_dir = "{rules.parent}"\n')
     code, out, _ = call(["alerts", "check-rules", "-c", str(cfg)], capsys)
-    assert (code, out) == (0, f"50 rules OK: default rule pack (48), {rules} (2)\n")
+    assert (code, out) == (0, f"51 rules OK: default rule pack (49), {rules} (2)\n")
 
 
 def test_check_rules_empty_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,7 +34,7 @@ EXAMPLE_ROUTING = ROOT / "examples" / "alerting.toml"
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 CAMEL = re.compile(r"^[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)*\Z")
 DURATION = re.compile(r"^(?=\d)(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?\Z")
-SCOPES = ("gpu", "node", "event", "group", "aggregator")
+SCOPES = ("gpu", "node", "event", "group", "aggregator", "job")
 KEYS = {
     "name", "scope", "expr", "resolve", "value", "for", "keep_firing_for", "severity",
     "group_by", "labels", "annotations",
@@ -52,6 +52,10 @@ EVENT_NAMES = {"kind", "code", "severity", "name", "action", "message"} | _LABEL
 AGGREGATOR_NAMES = {
     "mqtt_connected", "broker_dropped", "wal_bytes", "sink_lag_bytes", "sinks_retrying",
     "deadletters",
+}  # fmt: skip
+JOB_NAMES = {
+    "job", "kind", "cluster", "nodes", "gpus", "util_pct", "util_max_pct", "power_w",
+    "energy_j", "age_s", "mem_used_bytes",
 }  # fmt: skip
 COUNTER_FUNCTIONS = {"rate", "increase", "changes"}
 PLAIN_FUNCTIONS = {"abs", "min", "max"}
@@ -129,6 +133,7 @@ class ExprChecker:
             "node": NODE_NAMES,
             "event": EVENT_NAMES,
             "aggregator": AGGREGATOR_NAMES,
+            "job": JOB_NAMES,
             "group": self.group_by,
         }[scope]
 
@@ -255,6 +260,7 @@ def placeholders(scope: str, rule: dict[str, Any]) -> set[str]:
         "node": {"cluster", "node"},
         "group": set(rule.get("group_by", [])),
         "aggregator": set(),
+        "job": {"cluster", "job", "user", "pod", "namespace"},
     }
     return (
         by_scope[scope] | {"alertname", "severity", "scope", "value"} | set(rule.get("labels", {}))
