@@ -91,6 +91,15 @@ def _agent(cfg: AgentConfig, where: Where) -> list[str]:
         from collectors.simjobs import SIM_JOBS_NEED_DIR
 
         problems.append(f"{where('agent.sim.jobs')}: agent.sim.jobs: {SIM_JOBS_NEED_DIR}")
+    att = cfg.attribution
+    if att.kubelet_socket and att.kubelet_timeout >= cfg.collector_timeout:
+        problems.append(
+            f"{where('agent.attribution.kubelet_timeout')}: agent.attribution.kubelet_timeout: "
+            f"expected less than agent.collector_timeout ({cfg.collector_timeout:g} s): a slow "
+            f"kubelet would cost the whole attribution stage (got {att.kubelet_timeout:g})"
+        )
+    for key in ("proc_root", "job_map_dir", "kubelet_socket"):
+        problems += _absolute(getattr(att, key), f"agent.attribution.{key}", where)
     from collectors.cards import CardError, card_path
 
     try:

@@ -919,6 +919,24 @@ def test_relative_mount_is_refused(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("key", ["proc_root", "job_map_dir", "kubelet_socket"])
+def test_relative_attribution_paths_are_refused(tmp_path: Path, key: str) -> None:
+    path = write(tmp_path, f'[agent.attribution]\n{key} = "run/x"\n')
+    assert only(problems(path)) == (
+        f"{path}:2: agent.attribution.{key}: expected an absolute path (got 'run/x')"
+    )
+
+
+def test_kubelet_timeout_must_fit_in_the_collector_deadline(tmp_path: Path) -> None:
+    text = '[agent]\ncollector_timeout = 2\n[agent.attribution]\nkubelet_socket = "/k.sock"\n'
+    path = write(tmp_path, text + "kubelet_timeout = 2\n")
+    line = only(problems(path))
+    assert line.startswith(f"{path}:5: agent.attribution.kubelet_timeout: expected less than")
+    assert "(got 2)" in line
+    ok = write(tmp_path, text + "kubelet_timeout = 1.5\n", "ok.toml")
+    assert load(ok, env={}).config.agent.attribution.kubelet_timeout == 1.5
+
+
 def test_unknown_card_and_missing_scenario(tmp_path: Path) -> None:
     missing = tmp_path / "faults.toml"
     path = write(tmp_path, f'[agent.sim]\ncard = "b200-nope"\nscenario = "{missing}"\n')
