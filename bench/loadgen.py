@@ -46,6 +46,11 @@ from telemetryd.model import (
     Event,
     EventMessage,
     GpuInventory,
+    GpuOwner,
+    GpuProcess,
+    JobGpu,
+    JobRecord,
+    Report,
     Status,
     decode_report,
     encode_report,
@@ -81,8 +86,15 @@ class Fleet:
     report_bytes: int
 
 
-def build_fleet(cluster: str, nodes: int, gpus: int, interval: float, seed: int = 0) -> Fleet:
-    """Encode every node's report template from one sampled simulator report."""
+def build_fleet(
+    cluster: str, nodes: int, gpus: int, interval: float, seed: int = 0, *, jobs: bool = False
+) -> Fleet:
+    """Encode every node's report template from one sampled simulator report.
+
+    ``jobs``: reports as an agent with a job map sends them (issue 7): each half of a
+    node's GPUs held by a Slurm job (``owners``), every GPU process attributed (user,
+    command, job, step, cgroup unit) and the two running job records.
+    """
     rng = random.Random(seed)
     cfg = AgentConfig(node="bench-0", cluster=cluster, gpu_backend="sim",
                       sim=SimConfig(gpus=gpus, seed=seed), collectors=["host"])  # fmt: skip
@@ -103,6 +115,8 @@ def build_fleet(cluster: str, nodes: int, gpus: int, interval: float, seed: int 
             gpu.temp_c = _TEMP + gpu.index  # type: ignore[assignment]
             gpu.power_w = _POWER + gpu.index  # type: ignore[assignment]
             gpu.util_gpu_pct = _UTIL + gpu.index
+        if jobs:
+            _add_jobs(report, n)
         fleet.formats.append(_format(encode_report(report), gpus))
         fleet.names.append(report.node)
         fleet.topics.append(node_topic(cluster, report.node, "report"))
@@ -115,6 +129,33 @@ def build_fleet(cluster: str, nodes: int, gpus: int, interval: float, seed: int 
             interval_s=interval, reason="connected", gpus=inventory)))  # fmt: skip
     fleet.report_bytes = len(fleet.formats[0] % ((1, time.time_ns(), *fleet.tables[0][0])))
     return fleet
+
+
+def _add_jobs(report: Report, n: int) -> None:
+    """Two Slurm jobs per node, each on half its GPUs, as the agent would report them."""
+    half = max(1, len(report.gpus) // 2)
+    ids = [str(1_000_000 + 2 * n), str(1_000_000 + 2 * n + 1)]
+    start = 1_790_000_000_000_000_000  # fixed: the template holds the report time only once
+    for gpu in report.gpus:
+        job = ids[min(1, gpu.index // half)]
+        gpu.owners = [GpuOwner(source="jobmap", job=job)]
+        gpu.processes = [
+            GpuProcess(pid=100_000 + 10 * gpu.index, type="compute", used_memory_bytes=40 << 30,
+                       sm_util_pct=90, mem_util_pct=40, user="alice",
+                       command="python train.py --config llama-70b.yaml --nodes 64",
+                       cpu_pct=99.5, rss_bytes=12 << 30, job=job, step="0",
+                       unit="slurmstepd.scope")
+        ]  # fmt: skip
+    report.jobs = [
+        JobRecord(job=job, kind="hpc", state="running", start_ns=start,
+                  end_ns=start + 3_600_000_000_000, samples=3600, user="alice",
+                  energy_mj=4 * 2_500_000_000, mean_power_w=2800.0, util_mean_pct=88.5,
+                  util_peak_pct=100, mem_peak_bytes=60 << 30,
+                  gpus=[JobGpu(index=g.index, uuid=g.uuid, start_ns=start,
+                               energy_mj=2_500_000_000)
+                        for g in report.gpus if ids[min(1, g.index // half)] == job])
+        for job in ids
+    ]  # fmt: skip
 
 
 def _format(encoded: bytes, gpus: int) -> bytes:
@@ -313,6 +354,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=0, help="run time (0: until SIGINT)")
     parser.add_argument("--xid-per-s", type=float, default=0.05, help="XID events, fleet-wide")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--jobs",
+        action="store_true",
+        help="reports with owners, attributed processes and job records",
+    )
     parser.add_argument("--tick", type=float, default=0.005,
                         help="shortest sleep (s) between publishes; then all due go")  # fmt: skip
     parser.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="3.1.1")
@@ -328,7 +374,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     t0 = time.process_time()
-    fleet = build_fleet(args.cluster, args.nodes, args.gpus, args.interval, args.seed)
+    fleet = build_fleet(args.cluster, args.nodes, args.gpus, args.interval, args.seed,
+                        jobs=args.jobs)  # fmt: skip
     build_s = time.process_time() - t0
     print(f"loadgen: {args.nodes} nodes x {args.gpus} GPUs every {args.interval:g} s "
           f"({args.nodes / args.interval:.0f} reports/s of {fleet.report_bytes} bytes, QoS "

@@ -429,7 +429,8 @@ def start_loadgen(args: argparse.Namespace, url: str, workdir: Path) -> tuple[An
     stats = workdir / "loadgen.json"
     cmd = [sys.executable, str(BENCH / "loadgen.py"), "--broker", url, "--cluster", args.cluster,
            "--nodes", str(args.nodes), "--gpus", str(args.gpus), "--interval", str(args.interval),
-           "--qos", str(args.qos), "--stats", str(stats), "--keep-status"]  # fmt: skip
+           "--qos", str(args.qos), "--stats", str(stats), "--keep-status",
+           *(["--jobs"] if args.jobs else [])]  # fmt: skip
     log = (workdir / "loadgen.log").open("wb")  # closed with this process
     proc = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -449,6 +450,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=10.0)
     parser.add_argument("--qos", type=int, choices=[0, 1], default=0)
     parser.add_argument("--cluster", default="bench")
+    parser.add_argument(
+        "--jobs",
+        action="store_true",
+        help="reports with owners, attributed processes and job records",
+    )
     parser.add_argument("--target-cmd", default=TOP_CMD,
                         help="the viewer run in tmux (default: telemetryd top)")  # fmt: skip
     parser.add_argument("--target-name", default="",
