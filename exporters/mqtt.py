@@ -107,6 +107,7 @@ class MqttSession:
         self._acks: dict[int, asyncio.Future[int]] = {}
         self._paused = False
         self._consuming = False
+        self._awaiting_acks = 0  # publishes waiting for their PUBACK: reading may not pause
 
     def _build(self) -> aiomqtt.Client:
         s = self.settings
@@ -157,7 +158,11 @@ class MqttSession:
                 received(*args)
                 # Only once someone takes messages: before that a pause would also hold
                 # back the SUBACK we are waiting for (a resumed session's backlog comes first).
-                if self._consuming and client._queue.qsize() >= s.max_pending:
+                if (
+                    self._consuming
+                    and not self._awaiting_acks
+                    and client._queue.qsize() >= s.max_pending
+                ):
                     self.pause_reading()
 
             client._client.on_message = on_message
@@ -227,11 +232,27 @@ class MqttSession:
         self._acks[info.mid] = waiter
         disconnected: asyncio.Future[None] = client._disconnected  # private, like manual ack
         pending: set[asyncio.Future[Any]] = {waiter, disconnected}
-        done, _ = await asyncio.wait(
-            pending,
-            timeout=self.settings.timeout,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        # The PUBACK comes on the socket a full queue has paused: read while waiting, or a
+        # consumer that publishes between batches (alerts, fleet events) would wait out the
+        # timeout with its backlog unread. Messages read meanwhile wait in the queue.
+        self._awaiting_acks += 1
+        self.resume_reading()
+        try:
+            done, _ = await asyncio.wait(
+                pending,
+                timeout=self.settings.timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            self._awaiting_acks -= 1
+            limit = self.settings.max_pending
+            if (
+                not self._awaiting_acks
+                and limit
+                and self._consuming
+                and client._queue.qsize() >= limit
+            ):
+                self.pause_reading()
         if waiter not in done:
             self._acks.pop(info.mid, None)
             why = "connection lost" if disconnected in done else "no PUBACK in time"
