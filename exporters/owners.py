@@ -7,9 +7,8 @@ Kubernetes mapping ``pod``, ``namespace`` and ``container``; a GPU shared by sev
 owners gets each value once, sorted and comma-joined (dcgm-exporter repeats the series
 per owner instead, which double-counts a shared GPU in every ``sum``).
 
-Owners learned from a process's cgroup (``source = "cgroup"``) only count when the GPU
-has no owner from the job mapping directory or the kubelet: those are the scheduler's
-word, a cgroup is a guess from whatever happens to run (docs/attribution.md).
+Which owners count is telemetryd/owners.py's rule, the same as the agent's job
+accounting and top's.
 """
 
 from __future__ import annotations
@@ -17,19 +16,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from telemetryd.model import GpuOwner
+from telemetryd.owners import counted
 
 OwnerLabels = tuple[str | None, str | None, str | None, str | None]
 """(hpc_job, pod, namespace, container); None where no owner gives a value."""
 OWNER_KEYS = ("hpc_job", "pod", "namespace", "container")
 NO_OWNER: OwnerLabels = (None, None, None, None)
-
-
-def counted(owners: Sequence[GpuOwner] | None) -> list[GpuOwner]:
-    """The owners that count: the scheduler's (jobmap, kubelet), else the cgroup ones."""
-    if not owners:
-        return []
-    sure = [o for o in owners if o.source != "cgroup"]
-    return sure or list(owners)
 
 
 def owner_labels(owners: Sequence[GpuOwner] | None, gi_id: int | None = None) -> OwnerLabels:

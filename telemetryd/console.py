@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from telemetryd.model import Gpu, Host, Report
+from telemetryd.owners import counted, job_key
 
 BENIGN_REASONS = {"gpu_idle", "clocks_setting", "display_clocks", "sync_boost"}
 
@@ -82,16 +83,19 @@ def gpu_table(report: Report) -> Table:
         "SM/Mem MHz",
         "Throttle",
         "ECC/remap",
+        "Job/pod",
         "Processes",
     ):
-        table.add_column(column, no_wrap=column not in ("Throttle", "Processes"))
+        table.add_column(column, no_wrap=column not in ("Throttle", "Job/pod", "Processes"))
     for gpu in report.gpus:
         if gpu.error is not None:
             table.add_row(
                 str(gpu.index),
                 gpu.name,
                 Text(f"{gpu.error.code}: {gpu.error.message}", style="bold red"),
-                *[""] * 7,
+                *[""] * 6,
+                _holders(gpu),
+                "",
             )
             continue
         util = (
@@ -111,7 +115,10 @@ def gpu_table(report: Report) -> Table:
         power = Text(
             f"{_num(gpu.power_w)}/{_num(gpu.power_limit_w)}", style=_colour(ratio, 0.9, 0.98)
         )
-        procs = ", ".join(f"{p.pid}:{_gib(p.used_memory_bytes)}G" for p in gpu.processes or [])
+        procs = ", ".join(
+            f"{p.pid}{' ' + p.user if p.user else ''}:{_gib(p.used_memory_bytes)}G"
+            for p in gpu.processes or []
+        )
         if gpu.mig:
             procs = f"{len(gpu.mig)} MIG instance(s)" + (f"; {procs}" if procs else "")
         table.add_row(
@@ -124,9 +131,16 @@ def gpu_table(report: Report) -> Table:
             f"{_num(gpu.sm_clock_mhz)}/{_num(gpu.mem_clock_mhz)}",
             _throttle(gpu),
             _health(gpu),
+            _holders(gpu),
             procs or "-",
         )
     return table
+
+
+def _holders(gpu: Gpu) -> str:
+    """The jobs and pods holding a GPU, named as the job records name them."""
+    keys = [k[0] for o in counted(gpu.owners) if (k := job_key(o)) is not None]
+    return ", ".join(dict.fromkeys(keys)) or "-"
 
 
 def host_table(host: Host) -> Table:

@@ -34,6 +34,7 @@ from pathlib import Path
 from telemetryd.codec import DecodeError, Struct, encode_json, field, json_decoder
 from telemetryd.durable import replace_file
 from telemetryd.model import Gpu, GpuOwner, JobGpu, JobRecord, Report
+from telemetryd.owners import counted, job_key
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +90,9 @@ class _State(Struct, kw_only=True):
 _decode_state = json_decoder(_State)
 
 
-def job_key(owner: GpuOwner) -> tuple[str, str] | None:
-    """(key, kind) of the job an owner stands for; None for an owner naming nothing."""
-    if owner.job:
-        return owner.job[:_TEXT_MAX], "hpc"
-    if owner.pod:
-        name = f"{owner.namespace}/{owner.pod}" if owner.namespace else owner.pod
-        return name[:_TEXT_MAX], "pod"
-    if owner.pod_uid:
-        return owner.pod_uid[:_TEXT_MAX], "pod"
-    return None
-
-
 def counted_owners(gpu: Gpu) -> list[GpuOwner]:
-    """The owners that count: cgroup-learned ones only when nothing better names the GPU."""
-    owners = gpu.owners or []
-    told = [o for o in owners if o.source != "cgroup"]
-    return told or owners
+    """The owners that count (telemetryd/owners.py): cgroup ones only when alone."""
+    return counted(gpu.owners)
 
 
 class JobAccountant:

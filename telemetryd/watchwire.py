@@ -19,6 +19,7 @@ import math
 from array import array
 
 from telemetryd.codec import Raw, Struct, field, json_decoder
+from telemetryd.owners import counted, pod_key
 
 
 class ProcessView(Struct, kw_only=True, gc=False):
@@ -113,13 +114,6 @@ class GpuSample(Struct, kw_only=True, gc=False):
         return 100.0 * self.fb_used_bytes / self.fb_total_bytes
 
 
-def pod_key(namespace: str | None, pod: str | None, uid: str | None) -> str:
-    """A pod as the job key names it: ``namespace/pod``, else its UID ("" when neither)."""
-    if pod:
-        return f"{namespace}/{pod}" if namespace else pod
-    return uid or ""
-
-
 def holders(sample: GpuSample) -> tuple[list[str], list[str]]:
     """The HPC job ids and the pods (``namespace/pod`` or UID) holding a GPU, each once.
 
@@ -129,12 +123,7 @@ def holders(sample: GpuSample) -> tuple[list[str], list[str]]:
     """
     jobs: list[str] = []
     pods: list[str] = []
-    owners = sample.owners
-    if not owners:
-        return jobs, pods
-    if len(owners) > 1:  # one owner (the usual case) counts whatever its source
-        owners = [o for o in owners if o.source != "cgroup"] or owners
-    for owner in owners:
+    for owner in counted(sample.owners):
         if owner.job:
             if owner.job not in jobs:
                 jobs.append(owner.job)

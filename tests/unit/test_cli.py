@@ -513,6 +513,17 @@ def test_collect_table() -> None:
     assert not proc.stdout.lstrip().startswith("{")
 
 
+def test_collect_table_names_the_job_holding_each_gpu(tmp_path: Path) -> None:
+    (tmp_path / "1").write_text("81234\n")  # as examples/slurm/prolog.sh writes it
+    proc = run("collect", "--once", "--gpu-backend", "sim", "--gpus", "2", "--window", "0.2",
+               COLUMNS="200", TELEMETRYD_AGENT_ATTRIBUTION_JOB_MAP_DIR=str(tmp_path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("│")[1].strip(): line for line in proc.stdout.splitlines()
+            if line.startswith("│")}  # fmt: skip
+    assert "Job/pod" in proc.stdout
+    assert "81234" in rows["1"] and "81234" not in rows["0"]
+
+
 def test_collect_in_process(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
