@@ -346,11 +346,11 @@ def _duration(seconds: float) -> str:
     )
 
 
-def _energy(mj: int | None) -> str:
-    """kWh, what a bill uses; joules below 0.01 kWh (36 kJ), where kWh would read 0.00."""
+def _energy(mj: int | None, kwh: bool) -> str:
+    """In the table's unit: kWh (what a bill uses), or kJ when every job is under 1 kWh."""
     if mj is None:
         return "-"
-    return f"{mj / 3.6e9:,.2f} kWh" if mj >= 3.6e7 else f"{mj / 1000:,.0f} J"
+    return f"{mj / 3.6e9:,.2f}" if kwh else f"{mj / 1e6:,.1f}"
 
 
 def _listed(names: list[str], room: int = 3) -> str:
@@ -360,17 +360,20 @@ def _listed(names: list[str], room: int = 3) -> str:
 def jobs_table(jobs: list[Job]) -> Table:
     """One row per job; absent numbers are "-", never 0."""
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in ("job", "state", "nodes", "GPUs", "start (UTC)", "duration", "energy", "power W",
+    kwh = any(j.energy_mj is not None and j.energy_mj >= 3.6e9 for j in jobs)
+    energy = "energy kWh" if kwh else "energy kJ"
+    for name in ("job", "state", "nodes", "GPUs", "start (UTC)", "duration", energy, "power W",
                  "util % mean/peak", "mem peak GiB", "user/pod"):  # fmt: skip
-        table.add_column(name, justify="right" if name in ("GPUs", "power W") else "left")
+        right = name in ("GPUs", energy, "power W")
+        table.add_column(name, justify="right" if right else "left")
     for j in jobs:
         start = datetime.datetime.fromtimestamp(j.start_ns / 1e9, datetime.UTC)
         owner = j.user or (f"{j.namespace}/{j.pod}" if j.pod else "-")
         table.add_row(
             j.job if j.cluster == jobs[0].cluster else f"{j.cluster}/{j.job}",
-            Text(j.state, style="green" if j.state == "running" else ""),
+            Text(j.state, style={"running": "green", "silent": "yellow"}.get(j.state, "")),
             _listed(j.nodes), str(len(j.gpus)), start.strftime("%Y-%m-%d %H:%M"),
-            _duration(j.duration_s), _energy(j.energy_mj), _num(j.mean_power_w),
+            _duration(j.duration_s), _energy(j.energy_mj, kwh), _num(j.mean_power_w),
             f"{_num(j.util_mean_pct)}/{_num(j.util_peak_pct)}", _gib(j.mem_peak_bytes), owner,
         )  # fmt: skip
     return table

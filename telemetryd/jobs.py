@@ -31,7 +31,7 @@ class Job:
     job: str
     kind: Literal["hpc", "pod"]
     cluster: str
-    state: Literal["running", "ended"]
+    state: Literal["running", "ended", "silent"]
     nodes: list[str]
     gpus: list[str]  # "node:index", in node then index order
     start_ns: int
@@ -57,6 +57,28 @@ class Job:
         out["duration_s"] = self.duration_s
         out["energy_j"] = None if self.energy_mj is None else self.energy_mj / 1000
         return out
+
+
+SILENT_INTERVALS = 5  # a running job unheard of for this many of its intervals is silent
+SILENT_MIN_S = 60.0
+
+
+def settle(jobs: list[Job], now_ns: int) -> None:
+    """Mark ``silent`` the running jobs no record has come for in a while.
+
+    A store only learns that a job ended from its node's agent. When that agent stops (or
+    its node dies) the job's last record says ``running`` for ever; a reader of the store
+    says ``silent`` instead once no record came for five of the job's intervals (estimated
+    from its samples, at least a minute). The aggregator's live table needs no such guess:
+    a node's newest report lists every job running there (``JobTable``).
+    """
+    for job in jobs:
+        if job.state != "running":
+            continue
+        interval_s = job.duration_s * len(job.nodes) / max(1, job.samples)
+        quiet_s = (now_ns - job.end_ns) / 1e9
+        if quiet_s > max(SILENT_MIN_S, SILENT_INTERVALS * interval_s):
+            job.state = "silent"
 
 
 def _newest(parts: Iterable[Part]) -> dict[tuple[str, str, str, int], Part]:

@@ -12,6 +12,7 @@ ended parts only (telemetryd/jobsinflux.py).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -21,7 +22,7 @@ from exporters.sqlite_reader import SqliteReader
 from telemetryd import statedir
 from telemetryd.config import AggregatorConfig
 from telemetryd.errors import ConfigError
-from telemetryd.jobs import Job, Part, join
+from telemetryd.jobs import Job, Part, join, settle
 from telemetryd.urls import SinkUrl, UrlError, parse_sink_url, redact
 
 _EXPECTED = "expected sqlite:///ABSOLUTE/PATH (the aggregator's store) or influxdb://HOST:PORT/DB"
@@ -115,6 +116,7 @@ def run(
             return jobsinflux.fetch(url, cfg, since_ns=since, job=job_id)
 
         jobs = read_jobs(fetch, since_ns=since_ns, node=node, job=job)
+    settle(jobs, time.time_ns())
     if as_json:
         write_json(jobs, out)
         return

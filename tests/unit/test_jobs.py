@@ -7,7 +7,7 @@ import json
 import msgspec
 import pytest
 
-from telemetryd.jobs import JobTable, join
+from telemetryd.jobs import JobTable, join, settle
 from telemetryd.model import JobGpu, JobRecord, Report
 from tests.unit.test_alert_engine import report as gpu_report
 
@@ -69,6 +69,25 @@ def test_running_if_any_part_runs_and_energy_absent_only_when_all_lack_it() -> N
     assert job.energy_mj is None and job.mean_power_w is None
     [job] = join([("c1", "n1", record(energy_mj=None)), ("c1", "n2", record(energy_mj=7))])
     assert job.energy_mj == 7
+
+
+def test_a_running_job_unheard_of_for_five_intervals_is_silent() -> None:
+    # 101 samples over 100 s on each of two nodes: an interval of about 1 s
+    parts = [("c1", n, record(state="running", end=100, samples=101)) for n in ("n1", "n2")]
+    [job] = join(parts)
+    settle([job], T0 + 159 * S)  # 59 s without a record: under the one-minute floor
+    assert job.state == "running"
+    settle([job], T0 + 161 * S)
+    assert job.state == "silent"
+    # a 30 s interval: five of them is 150 s, longer than the floor
+    [job] = join([("c1", "n1", record(state="running", end=3000, samples=101))])
+    settle([job], T0 + 3100 * S)
+    assert job.state == "running"
+    settle([job], T0 + 3151 * S)
+    assert job.state == "silent"
+    [ended] = join([("c1", "n1", record(state="ended", end=100))])
+    settle([ended], T0 + 10**6 * S)
+    assert ended.state == "ended"
 
 
 def test_same_job_id_in_two_clusters_are_two_jobs_ordered_by_start() -> None:
