@@ -33,7 +33,7 @@ from telemetryd.watch import Watch
 AlertState = Literal["firing", "pending", "silenced"]
 _STATE_ORDER = {"firing": 0, "pending": 1, "silenced": 2}
 ALERT_COLUMNS = ("state", "severity", "alert", "cluster", "node", "GPU", "age", "summary")
-SILENCE_LABELS = ("alertname", "cluster", "node", "gpu")  # what the dialog prefills
+SILENCE_LABELS = ("alertname", "cluster", "node", "gpu", "job")  # what the dialog prefills
 STATE_STYLES = {"firing": "bold", "pending": "#e0a000", "silenced": "dim"}
 
 

@@ -52,6 +52,8 @@ def section_text(alert: Alert) -> str:
         facts.append(f"node {labels['node']}")
     if labels.get("gpu"):
         facts.append(f"GPU {labels['gpu']}")
+    if labels.get("job"):
+        facts.append(f"job {labels['job']}")
     head = escape(" · ".join(f for f in facts if f))
     lines = [head, f"*{escape(truncate(summary(alert), 1000))}*"]
     runbook = alert.annotations.get("runbook_url", "")

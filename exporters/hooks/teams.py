@@ -43,6 +43,8 @@ def alert_block(alert: Alert) -> dict[str, Any]:
         facts.append(f"node {labels['node']}")
     if labels.get("gpu"):
         facts.append(f"GPU {labels['gpu']}")
+    if labels.get("job"):
+        facts.append(f"job {labels['job']}")
     parts = [" · ".join(f for f in facts if f), f"**{truncate(summary(alert), 1000)}**"]
     description = alert.annotations.get("description", "")
     if description and " ".join(description.split()) != summary(alert):

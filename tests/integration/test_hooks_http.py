@@ -582,3 +582,17 @@ def test_other_bad_settings(tmp_path: Path) -> None:
         OpsgenieReceiver(name="og", api_key_file=key, responders=[{"type": "team"}])
     )
     assert "tags" in config_error(OpsgenieReceiver(name="og", api_key_file=key, tags=["t" * 51]))
+
+
+def test_chat_messages_name_the_job_of_a_job_alert() -> None:
+    """A job-scope alert (GpuJobIdle) has no node or GPU: the job is what to name."""
+    import json
+
+    from exporters.hooks.slack import section_text
+    from exporters.hooks.teams import alert_block
+
+    alert = make_alert("GpuJobIdle", severity="warning", node=None, gpu=None, rack=None,
+                       summary="Job 81234 holds GPUs it does not use")  # fmt: skip
+    alert.labels |= {"scope": "job", "job": "81234"}
+    assert "*FIRING* · warning · job 81234" in section_text(alert)
+    assert "**FIRING** · warning · job 81234" in json.dumps(alert_block(alert), ensure_ascii=False)

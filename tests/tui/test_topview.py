@@ -318,6 +318,10 @@ def test_silence_request_building() -> None:
     assert request.matchers == ['alertname="GpuHot"', 'cluster="c1"', 'node="n1"', 'gpu="3"']
     assert request.duration_s == 5400 and request.comment == "disk swap"
     assert topalerts.split_matchers('{a="x, y", b=~"n[0-9]+"}') == ['a="x, y"', 'b=~"n[0-9]+"']
+    # a job alert has no node: silencing it must not silence every job of the cluster
+    job = {"alertname": "GpuJobIdle", "severity": "warning", "scope": "job", "cluster": "c1",
+           "job": "81234"}  # fmt: skip
+    assert topalerts.default_matchers(job) == 'alertname="GpuJobIdle", cluster="c1", job="81234"'
     with pytest.raises(ValueError, match=r"^duration: expected a duration such as"):
         topalerts.build_request(text, "soon", "", "op@host")
     with pytest.raises(ValueError, match=r"^matchers: expected at least one"):
