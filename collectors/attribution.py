@@ -162,6 +162,6 @@ def _kubelet_owners(gpu: Gpu, pods: dict[str, PodRef]) -> list[GpuOwner]:
         ref = pods.get(uuid)
         if ref is not None:
             owners.append(GpuOwner(source="kubelet", gi_id=gi, pod=ref.pod,
-                                   namespace=ref.namespace, container=ref.container,
-                                   pod_uid=ref.uid or None))  # fmt: skip
+                                   namespace=ref.namespace,
+                                   container=ref.container))  # fmt: skip
     return owners

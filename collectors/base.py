@@ -89,4 +89,3 @@ class PodRef:
     pod: str
     namespace: str
     container: str
-    uid: str = ""

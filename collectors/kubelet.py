@@ -23,7 +23,8 @@ k8s.io/kubelet/pkg/apis/podresources/v1/api.proto::
                                /* topology = 3 */ }
 
 The fields left out are kept by the parser as unknown fields, so newer kubelets stay
-readable. The API gives no pod UID: ``PodRef.uid`` is empty.
+readable. The API gives no pod UID; a pod process's cgroup does, and
+collectors/attribution.py joins the two by device.
 
 Failures. A call is bounded by ``timeout``, which must stay below the agent's
 ``collector_timeout``: that is the deadline of the whole attribution stage. A failed call

@@ -146,6 +146,8 @@ class Agent:
                         for g in report.gpus
                     ]
                 await self._spool(report)
+                if self.accountant is not None and report.jobs:
+                    await asyncio.to_thread(self.accountant.spooled)
             finally:
                 self._busy -= 1
             seq += 1

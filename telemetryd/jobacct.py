@@ -23,7 +23,10 @@ Rules, each chosen so that no energy is counted twice or lost silently:
   for each: NVML has no per-process energy;
 - the open accounts are saved after every update (atomic replace); after an agent restart
   a job still on its GPUs continues, so the counter delta spans the time the agent was
-  down, and a job gone meanwhile ends at the last report that saw it.
+  down, and a job gone meanwhile ends at the last report that saw it;
+- an ended job stays in the saved state until the report carrying its record is in the
+  spool (``spooled``), so an agent that dies in between sends the record after its
+  restart instead of losing it.
 """
 
 from __future__ import annotations
@@ -81,10 +84,11 @@ class JobAccount(Struct, kw_only=True, omit_defaults=True):
 
 
 class _State(Struct, kw_only=True):
-    """What ``state_path`` holds: the open accounts."""
+    """What ``state_path`` holds: the open accounts, and the ended ones not yet spooled."""
 
     version: int
     jobs: list[JobAccount] = field(default_factory=list)
+    ended: list[JobAccount] = field(default_factory=list)
 
 
 _decode_state = json_decoder(_State)
@@ -101,6 +105,10 @@ class JobAccountant:
     def __init__(self, state_path: Path | None) -> None:
         self.state_path = state_path
         self.accounts: dict[str, JobAccount] = {}
+        # Ended in the last update, until the report carrying them is spooled (``spooled``):
+        # a crash in between sends them again after the restart instead of losing them.
+        self.ended: list[JobAccount] = []
+        self._resend: list[JobAccount] = []  # ended before a restart, their report unspooled
         if state_path is not None:
             self._load(state_path)
 
@@ -123,13 +131,16 @@ class JobAccountant:
                         path, state.version, STATE_VERSION)  # fmt: skip
             return
         self.accounts = {a.job: a for a in state.jobs}
-        if self.accounts:
-            log.info("continuing %d job account(s) from %s", len(self.accounts), path)
+        self.ended = self._resend = list(state.ended)
+        if self.accounts or self.ended:
+            log.info("continuing %d job account(s) from %s (%d ended, not yet sent)",
+                     len(self.accounts) + len(self.ended), path, len(self.ended))  # fmt: skip
 
     def _save(self) -> None:
         if self.state_path is None:
             return
-        state = _State(version=STATE_VERSION, jobs=list(self.accounts.values()))
+        state = _State(version=STATE_VERSION, jobs=list(self.accounts.values()),
+                       ended=self.ended)  # fmt: skip
         try:
             replace_file(self.state_path, encode_json(state))
         except OSError as exc:  # the reports still go out; a restart would lose the accounts
@@ -155,7 +166,10 @@ class JobAccountant:
                 if ga.end_ns is None and _keeps(by_uuid.get(ga.uuid), blind):
                     seen.setdefault(held.job, set()).add(ga.uuid)
         reset_logged: set[str] = set()
-        records: list[JobRecord] = []
+        # Ended before a restart, in a report that never reached the spool: sent now. (In
+        # one run the agent spools each report before the next update.)
+        records = [_record(a, "ended", a.last_ns) for a in self._resend]
+        self.ended, self._resend = list(self._resend), []
         for job, uuids in seen.items():
             account = self.accounts.get(job)
             if account is None:
@@ -182,9 +196,16 @@ class JobAccountant:
                 if ga.end_ns is None:
                     ga.end_ns = ga.last_ns
             records.append(_record(account, "ended", account.last_ns))
+            self.ended.append(account)
         records.sort(key=lambda r: (r.state != "ended", r.job))
         report.jobs = records
         self._save()
+
+    def spooled(self) -> None:
+        """The report of the last ``update`` is durable: its ended jobs are sent for good."""
+        if self.ended:
+            self.ended = []
+            self._save()
 
     def _sample_gpu(self, account: JobAccount, gpu: Gpu, now_ns: int, logged: set[str]) -> None:
         """Take one GPU's readings into the job's account of it (opened if new)."""

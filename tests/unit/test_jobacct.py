@@ -201,6 +201,20 @@ def test_restart_continues_a_running_job_and_ends_a_gone_one(tmp_path):
     assert set(again.accounts) == {"A"}
 
 
+def test_an_ended_record_lost_with_its_unspooled_report_is_sent_after_a_restart(tmp_path):
+    state = tmp_path / "jobs.json"
+    acct = JobAccountant(state)
+    run(acct, report(1, gpu(0, 1_000, "A"), gpu(1, 5_000, "B")))
+    acct.spooled()
+    ended = run(acct, report(2, gpu(0, 3_000, "A"), gpu(1, 6_000)))["B", "ended"]
+    del acct  # the agent dies before this report reaches its spool
+    after = JobAccountant(state)
+    jobs = run(after, report(3, gpu(0, 4_000, "A"), gpu(1, 7_000)))
+    assert jobs["B", "ended"] == ended  # sent again, the same record
+    after.spooled()  # now it is durable: never again
+    assert ("B", "ended") not in run(JobAccountant(state), report(4, gpu(0, 5_000, "A")))
+
+
 def test_a_corrupt_state_file_is_named_once_and_replaced(tmp_path, caplog):
     state = tmp_path / "jobs.json"
     state.write_text('{"version": 1, "jobs": [{"job": 5}]}')
