@@ -43,6 +43,7 @@ from telemetryd.model import (
     encode_report,
 )
 from telemetryd.sampler import NodeSampler, open_sampler
+from telemetryd.sdnotify import Notifier, Supervisor, Watchdog
 from telemetryd.service import stopped_within
 from telemetryd.spool import Entry, Spool, SpoolError, entry_name
 from telemetryd.topics import node_topic
@@ -98,6 +99,8 @@ class Agent:
         self.reconnects = 0
         self.overruns = 0
         self.lost_unspooled = 0
+        self.mqtt_error = ""  # why the last connection attempt failed, for STATUS=
+        self.watchdog = Watchdog(Notifier(None))  # fed by the sample loop
         self.connected = asyncio.Event()
         self._busy = 0  # a sample being taken or a live report being published
         self._live: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -133,6 +136,7 @@ class Agent:
             if await stopped_within(stop, tick - self._clock()):
                 return
             self._busy += 1
+            work = self.watchdog.enter()
             try:
                 report = await self.sampler.sample(seq)
                 self._stamp(report)
@@ -150,6 +154,7 @@ class Agent:
                     await asyncio.to_thread(self.accountant.spooled)
             finally:
                 self._busy -= 1
+                self.watchdog.leave(work)
             seq += 1
             late = self._clock() - tick
             if late > self.interval:
@@ -297,10 +302,19 @@ class Agent:
                 message = str(group.exceptions[0])
             if not message:
                 return
+            self.mqtt_error = message
             delay = backoff.next()
             log.warning("MQTT: %s; retrying in %.1fs", message, delay)
             if await stopped_within(stop, delay):
                 return
+
+    def status_line(self) -> str:
+        """What systemd shows as the agent's STATUS=."""
+        counts = f"{self.published} reports, spool {len(self.spool)}"
+        if self.connected.is_set():
+            return f"connected to {self.settings.broker}; {counts}"
+        why = f": {self.mqtt_error}" if self.mqtt_error else ""
+        return f"connecting to {self.settings.broker}{why}; {counts}"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sample and publish until ``stop``; then announce offline and return."""
@@ -339,7 +353,13 @@ async def serve(
             sampler.cluster, sampler.node, 1 if sampler.gpu else 0, cfg.interval,
             settings.broker, spool.directory,
         )  # fmt: skip
-        await agent.run(stop)
+        notify = Supervisor.from_env(ready=agent.connected.is_set, status=agent.status_line)
+        agent.watchdog = notify.watchdog
+        notify.start(stop)
+        try:
+            await agent.run(stop)
+        finally:
+            notify.close()
     finally:
         sampler.close()
         lock.release()

@@ -39,6 +39,7 @@ from telemetryd.ingest import Limits, Rejected, validate
 from telemetryd.jobs import JobTable
 from telemetryd.model import EventMessage, Report, Status
 from telemetryd.names import sanitize_hostname
+from telemetryd.sdnotify import Notifier, Supervisor, Watchdog
 from telemetryd.service import stopped_within
 from telemetryd.sinkrunner import Feed, SinkRunner, cursor_file
 from telemetryd.topics import fleet_event_topic, fleet_topic, request_cluster, subscriptions
@@ -95,6 +96,7 @@ class Aggregator:
         self._session: MqttSession | None = None
         self._commit_lock = asyncio.Lock()
         self._summary_error = ""
+        self.watchdog = Watchdog(Notifier(None))  # fed by the consumer and housekeeping
 
     def _saved_snapshot_index(self) -> int:
         try:
@@ -198,6 +200,7 @@ class Aggregator:
                 log.warning("WAL full (%d bytes): not acknowledging until the sinks catch up",
                             self.wal.bytes)  # fmt: skip
                 warned = True
+            self.watchdog.beat()  # waiting for the sinks is not being stuck
             if await stopped_within(stop, 0.5):
                 return False
         while True:
@@ -205,6 +208,7 @@ class Aggregator:
                 first = await asyncio.to_thread(self.wal.append, payloads)
             except WalError as exc:
                 log.error("%s; holding %d report(s), not acknowledged", exc, len(payloads))
+                self.watchdog.beat()
                 if await stopped_within(stop, backoff.next()):
                     return False
                 continue
@@ -220,6 +224,7 @@ class Aggregator:
             except OSError as exc:
                 log.error("cannot write dead letters to %s (%s); holding the batch",
                           self.deadletters.path, exc.strerror or exc)  # fmt: skip
+                self.watchdog.beat()
                 if await stopped_within(stop, backoff.next()):
                     return False
                 continue
@@ -268,7 +273,11 @@ class Aggregator:
                 batch = [getter.result()]
                 while len(batch) < self.cfg.batch_size and not queue.empty():
                     batch.append(queue.get_nowait())
-                await self._commit(session, batch, stop)
+                work = self.watchdog.enter()
+                try:
+                    await self._commit(session, batch, stop)
+                finally:
+                    self.watchdog.leave(work)
             receiver.cancel()
 
     async def _mqtt_loop(self, stop: asyncio.Event) -> None:
@@ -351,6 +360,7 @@ class Aggregator:
         last_summary = 0.0
         last_snapshot = time.monotonic()
         while not await stopped_within(stop, 0.5):
+            work = self.watchdog.enter()
             now = time.monotonic()
             if now - last_snapshot >= 5.0:
                 await self._save_snapshot()
@@ -365,6 +375,24 @@ class Aggregator:
                 # What the 1 s tick changed (a node gone silent) when no message comes.
                 with contextlib.suppress(MqttUnavailable):
                     await self.alerts.publish(session)
+            self.watchdog.leave(work)
+
+    def status_line(self) -> str:
+        """What systemd shows as the aggregator's STATUS=."""
+        if self.connected.is_set():
+            where = f"consuming from {self.settings.broker}"
+        else:
+            why = f": {self.mqtt_error}" if self.mqtt_error else ""
+            where = f"connecting to {self.settings.broker}{why}"
+        states = [r.report() for r in self.runners]
+        sinks = ", ".join(f"{s.name} {s.state} lag {s.lag}" for s in states)
+        firing = len(self.alerts.engine.firing()) if self.alerts is not None else 0
+        return (f"{where}; {self.fleet.accepted} reports accepted, {self.fleet.duplicates} "
+                f"duplicate; sinks: {sinks}; {firing} alert(s) firing")  # fmt: skip
+
+    def ready(self) -> bool:
+        """Connected, and every sink opened (systemd's READY=1 waits for this)."""
+        return self.connected.is_set() and all(r.state.state == "ok" for r in self.runners)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``; then let the sinks catch up briefly and save state."""
@@ -436,7 +464,13 @@ async def serve(cfg: AggregatorConfig, stop: asyncio.Event) -> None:
             await asyncio.to_thread(aggregator.recover)
             aggregator.metrics = api.ready() if api is not None else None
             log.info("aggregator: sinks %s, WAL %s", ", ".join(urls), wal.directory)
-            await aggregator.run(stop)
+            notify = Supervisor.from_env(ready=aggregator.ready, status=aggregator.status_line)
+            aggregator.watchdog = notify.watchdog
+            notify.start(stop)
+            try:
+                await aggregator.run(stop)
+            finally:
+                notify.close()
         finally:
             wal.close()  # run() closes it too; this covers a failed start
             if api is not None:

@@ -74,6 +74,7 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 
 from telemetryd.config import BrokerConfig
 from telemetryd.errors import TelemetrydError
+from telemetryd.sdnotify import Supervisor
 from telemetryd.secrets import unreadable
 from telemetryd.urls import UrlError, parse_listen
 
@@ -379,9 +380,12 @@ async def serve(
     log.info("MQTT broker (amqtt) on %s%s, %s", cfg.listen, " with TLS" if tls else "", access)
     if ready is not None:
         ready.set()
+    notify = Supervisor.from_env(ready=lambda: True, status=lambda: f"listening on {cfg.listen}")
+    notify.start(stop)
     try:
         await stop.wait()
     finally:
+        notify.close()
         server.close()  # accept nothing new while the sessions close
         watchdog.cancel()
         try:
