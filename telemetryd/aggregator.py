@@ -394,13 +394,22 @@ class Aggregator:
         """Connected, and every sink opened (systemd's READY=1 waits for this)."""
         return self.connected.is_set() and all(r.state.state == "ok" for r in self.runners)
 
+    async def _consume_until(self, stop: asyncio.Event, consumed: asyncio.Event) -> None:
+        try:
+            await self._mqtt_loop(stop)
+        finally:
+            consumed.set()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``; then let the sinks catch up briefly and save state."""
+        # The sinks stop once the consumer has: a batch committed after ``stop`` is written too.
+        consumed = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as group:
                 for runner in self.runners:
-                    group.create_task(runner.run(stop), name=f"aggregator.sink.{runner.sink.name}")
-                group.create_task(self._mqtt_loop(stop), name="aggregator.mqtt")
+                    group.create_task(runner.run(consumed),
+                                      name=f"aggregator.sink.{runner.sink.name}")  # fmt: skip
+                group.create_task(self._consume_until(stop, consumed), name="aggregator.mqtt")
                 group.create_task(self._housekeeping(stop), name="aggregator.housekeeping")
                 if self.alerts is not None:
                     group.create_task(self.alerts.run(stop, self.alert_inputs), name="alerts")
