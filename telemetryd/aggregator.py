@@ -467,20 +467,18 @@ async def serve(cfg: AggregatorConfig, stop: asyncio.Event) -> None:
             from telemetryd.httpapi import HttpApi
 
             api = HttpApi(aggregator, cfg.listen)
+        notify = Supervisor.from_env(ready=aggregator.ready, status=aggregator.status_line)
+        aggregator.watchdog = notify.watchdog
+        notify.start(stop)  # from here: the watchdog is fed during the replay (in a thread)
         try:
             if api is not None:
                 await api.start()  # before the replay, so a busy address is said at once
             await asyncio.to_thread(aggregator.recover)
             aggregator.metrics = api.ready() if api is not None else None
             log.info("aggregator: sinks %s, WAL %s", ", ".join(urls), wal.directory)
-            notify = Supervisor.from_env(ready=aggregator.ready, status=aggregator.status_line)
-            aggregator.watchdog = notify.watchdog
-            notify.start(stop)
-            try:
-                await aggregator.run(stop)
-            finally:
-                notify.close()
+            await aggregator.run(stop)
         finally:
+            notify.close()
             wal.close()  # run() closes it too; this covers a failed start
             if api is not None:
                 await api.stop()

@@ -137,17 +137,12 @@ def test_no_watchdog_ping_while_the_sample_loop_hangs(tmp_path, monkeypatch, not
     async def go() -> tuple[int, int]:
         stop = asyncio.Event()
         task = asyncio.create_task(agent_mod.serve(cfg, stop))
-        await asyncio.sleep(1.0)
-        healthy = len(notify_socket.lines("WATCHDOG"))
-        hang.set()
-        await asyncio.sleep(0.35)  # the sample under way when it hung may earn one more
-        stuck_from = len(notify_socket.lines("WATCHDOG"))
-        await asyncio.sleep(1.0)
-        stuck = len(notify_socket.lines("WATCHDOG")) - stuck_from
+        counts = await notify_socket.pings_while_hung(hang, healthy_s=1.0, grace_s=0.35,
+                                                      stuck_s=1.0)  # fmt: skip
         stop.set()
         release.set()
         await asyncio.wait_for(task, 10)
-        return healthy, stuck
+        return counts
 
     healthy, stuck = asyncio.run(go())
     assert len(samples) >= 5

@@ -45,6 +45,21 @@ class Socket:
                     out.append(value)
         return out
 
+    async def pings_while_hung(
+        self, hang: asyncio.Event, *, healthy_s: float, grace_s: float, stuck_s: float
+    ) -> tuple[int, int]:
+        """WATCHDOG=1 pings in ``healthy_s``, then in ``stuck_s`` after ``hang`` + ``grace_s``.
+
+        The grace: the unit of work under way when it hung may still earn one ping.
+        """
+        await asyncio.sleep(healthy_s)
+        healthy = len(self.lines("WATCHDOG"))
+        hang.set()
+        await asyncio.sleep(grace_s)
+        stuck_from = len(self.lines("WATCHDOG"))
+        await asyncio.sleep(stuck_s)
+        return healthy, len(self.lines("WATCHDOG")) - stuck_from
+
 
 @pytest.fixture
 def notify_socket() -> Iterator[Socket]:
@@ -157,17 +172,12 @@ def test_the_watchdog_loop_stops_pinging_while_a_loop_hangs(notify_socket):
                 await asyncio.sleep(0.01)
 
         worker = asyncio.create_task(loop())
-        await asyncio.sleep(0.5)
-        before = len(notify_socket.lines("WATCHDOG"))
-        hang.set()
-        await asyncio.sleep(0.15)  # the unit of work in progress may still earn one ping
-        during = len(notify_socket.lines("WATCHDOG"))
-        await asyncio.sleep(0.5)
-        after = len(notify_socket.lines("WATCHDOG"))
+        counts = await notify_socket.pings_while_hung(hang, healthy_s=0.5, grace_s=0.15,
+                                                      stuck_s=0.5)  # fmt: skip
         worker.cancel()
         stop.set()
         await task
-        return before, after - during
+        return counts
 
     before, while_stuck = asyncio.run(go())
     assert before >= 5
