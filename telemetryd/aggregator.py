@@ -97,6 +97,7 @@ class Aggregator:
         self._commit_lock = asyncio.Lock()
         self._summary_error = ""
         self.watchdog = Watchdog(Notifier(None))  # fed by the consumer and housekeeping
+        self._status_mark = (time.monotonic(), 0)  # (when, accepted) at the last STATUS=
 
     def _saved_snapshot_index(self) -> int:
         try:
@@ -384,10 +385,13 @@ class Aggregator:
         else:
             why = f": {self.mqtt_error}" if self.mqtt_error else ""
             where = f"connecting to {self.settings.broker}{why}"
+        now, accepted = time.monotonic(), self.fleet.accepted
+        (since, before), self._status_mark = self._status_mark, (now, accepted)
+        rate = (accepted - before) / max(now - since, 1e-3)  # since the previous status
         states = [r.report() for r in self.runners]
         sinks = ", ".join(f"{s.name} {s.state} lag {s.lag}" for s in states)
         firing = len(self.alerts.engine.firing()) if self.alerts is not None else 0
-        return (f"{where}; {self.fleet.accepted} reports accepted, {self.fleet.duplicates} "
+        return (f"{where}; {rate:.1f} reports/s, {accepted} accepted, {self.fleet.duplicates} "
                 f"duplicate; sinks: {sinks}; {firing} alert(s) firing")  # fmt: skip
 
     def ready(self) -> bool:

@@ -200,6 +200,14 @@ class Supervisor:
         """Run in the background until ``stop`` is set or ``close`` is called."""
         self._task = asyncio.create_task(self._run(stop), name="sdnotify")
 
+    def reloading(self) -> None:
+        """A reload (SIGHUP) begins: systemd shows the unit as reloading until ``reloaded``."""
+        self.notifier.reloading()
+
+    def reloaded(self, outcome: str) -> None:
+        """The reload is over (applied or refused, ``outcome`` says which): READY=1 again."""
+        self.notifier.ready(f"{outcome}; {self._status()}" if self.readied else outcome)
+
     def close(self) -> None:
         """The service is ending (stopped, or failed): STOPPING=1 if not said yet."""
         if self._task is not None:

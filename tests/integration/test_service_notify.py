@@ -15,7 +15,16 @@ import time
 from telemetryd import agent as agent_mod
 from telemetryd.config import AgentConfig
 from telemetryd.wal import Wal
-from tests.integration.pipeline import Witness, agent, aggregator, spool_files, wait_until
+from tests.integration.mosquitto import free_port
+from tests.integration.pipeline import (
+    Service,
+    Witness,
+    _env,
+    agent,
+    aggregator,
+    spool_files,
+    wait_until,
+)
 from tests.unit.test_sdnotify import Socket
 from tests.unit.test_sdnotify import notify_socket as notify_socket  # the fixture
 
@@ -24,6 +33,12 @@ WATCHDOG_USEC = "400000"  # a ping every 0.2 s
 
 def _notified(service, sock: Socket) -> None:  # type: ignore[no-untyped-def]
     service.env.update(NOTIFY_SOCKET=sock.address, WATCHDOG_USEC=WATCHDOG_USEC)
+
+
+def _rate(status: str) -> float:
+    """The reports/s of an aggregator's STATUS= line (0 when it has none)."""
+    words = status.split("; ")[1].split() if "; " in status else []
+    return float(words[0]) if words[1:2] == ["reports/s,"] else 0.0
 
 
 def _sigterm(service) -> float:  # type: ignore[no-untyped-def]
@@ -84,11 +99,13 @@ def test_aggregator_ready_after_connect_and_sigterm_flushes_within_5s(
         assert "consuming" in agg.log.read_text()  # subscribed before READY
         node.start()
         wait_until(lambda: len(witness.seen()) >= 20, 15, "reports")
-        wait_until(lambda: "reports accepted" in "".join(notify_socket.lines("STATUS")[1:]),
-                   15, "a STATUS update")  # fmt: skip
-        status = notify_socket.lines("STATUS")[-1]
+        # STATUS= every 10 s: wait for one that saw reports flowing.
+        wait_until(lambda: any(_rate(s) > 0 for s in notify_socket.lines("STATUS")), 15,
+                   "a STATUS with a rate")  # fmt: skip
+        status = next(s for s in notify_socket.lines("STATUS") if _rate(s) > 0)
         assert status.startswith(f"consuming from {mosquitto.url}; "), status
         assert "sinks: sqlite" in status and "alert(s) firing" in status
+        assert 3 < _rate(status) < 100, status  # one report every 0.1 s: about 10/s
 
         took = _sigterm(agg)  # while reports keep coming
         print(f"\n[aggregator] exited {took:.2f} s after SIGTERM")
@@ -149,4 +166,19 @@ def test_no_watchdog_ping_while_the_sample_loop_hangs(tmp_path, monkeypatch, not
     assert healthy >= 5  # sampling every 0.1 s, waiting between: pings every 0.1 s
     assert stuck == 0
     assert notify_socket.lines("READY") == []  # never connected
+    assert notify_socket.lines("STOPPING") == ["1"]
+
+
+def test_embedded_broker_ready_when_listening_and_stops_within_5s(tmp_path, notify_socket):
+    listen = f"127.0.0.1:{free_port()}"
+    env = _env({"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": WATCHDOG_USEC})
+    broker = Service(["broker", "--listen", listen], env, tmp_path / "broker.log").start()
+    wait_until(lambda: notify_socket.lines("READY") == ["1"], 15, "READY=1")
+    assert f"listening on {listen}" in notify_socket.lines("STATUS")
+    witness = Witness(int(listen.rsplit(":", 1)[1]))  # it does accept clients
+    witness.close()
+    wait_until(lambda: len(notify_socket.lines("WATCHDOG")) >= 3, 5, "watchdog pings")
+    took = _sigterm(broker)
+    print(f"\n[broker] exited {took:.2f} s after SIGTERM")
+    assert took < 5.0
     assert notify_socket.lines("STOPPING") == ["1"]

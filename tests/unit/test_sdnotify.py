@@ -232,3 +232,15 @@ def test_supervisor_outside_systemd_does_nothing():
 
     asyncio.run(go())
     assert calls == []
+
+
+def test_supervisor_reload_says_reloading_then_ready_with_the_outcome(notify_socket):
+    notify = Supervisor(Notifier(notify_socket.address), ready=lambda: True, status=lambda: "ok")
+    notify.readied = True
+    notify.reloading()
+    notify.reloaded("reload refused: agent.toml:3: agent.interval: must be >= 0.1")
+    first, second = notify_socket.drain()
+    assert first.startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert (
+        second == "READY=1\nSTATUS=reload refused: agent.toml:3: agent.interval: must be >= 0.1; ok"
+    )
