@@ -7,7 +7,6 @@ for Ctrl-C; a traceback appears only with ``--debug``.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,11 +20,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="telemetryd: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from telemetryd import logsetup  # stderr as before; journald's format under systemd
+
+    logsetup.setup(level)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
