@@ -50,6 +50,23 @@ def identity(path: Path) -> str:
     return f"{st.st_dev}:{st.st_ino}"
 
 
+def stderr_of(tmp_path: Path, argv: list[str], journal: str | None, **env: str) -> str:
+    """Run ``argv`` with stderr in a file, no TELEMETRYD_* variables, this checkout's code.
+
+    ``journal`` is JOURNAL_STREAM: "match" for the file's own identity, None for unset.
+    """
+    err = tmp_path / "stderr.txt"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("TELEMETRYD_", "JOURNAL_"))}
+    environ.update(env, PYTHONPATH=str(ROOT))
+    with err.open("w") as fh:
+        if journal is not None:
+            environ["JOURNAL_STREAM"] = identity(err) if journal == "match" else journal
+        run = [sys.executable, *argv]
+        subprocess.run(run, stdout=subprocess.DEVNULL, stderr=fh, env=environ, cwd=tmp_path,
+                       timeout=60, check=True)  # fmt: skip
+    return err.read_text()
+
+
 def child(
     tmp_path: Path,
     *,
@@ -59,24 +76,9 @@ def child(
     burst: int = 10,
     repeats: int = 0,
 ) -> str:
-    """Run CHILD with stderr in a file; ``journal`` is JOURNAL_STREAM (None: unset)."""
-    err = tmp_path / "stderr.txt"
-    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
-    env["PYTHONPATH"] = str(ROOT)
+    """Run CHILD; what it wrote to stderr."""
     code = CHILD.format(level=level, socket=sock, burst=burst, repeats=repeats)
-    with err.open("w") as fh:
-        if journal == "match":
-            env["JOURNAL_STREAM"] = identity(err)
-        elif journal is not None:
-            env["JOURNAL_STREAM"] = journal
-        subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(code)],
-            stderr=fh,
-            env=env,
-            timeout=30,
-            check=True,
-        )
-    return err.read_text()
+    return stderr_of(tmp_path, ["-c", textwrap.dedent(code)], journal)
 
 
 def test_a_terminal_keeps_the_plain_format(tmp_path: Path) -> None:
@@ -288,31 +290,9 @@ def test_top_still_takes_the_lines_while_it_runs() -> None:
 
 
 def cli(tmp_path: Path, *args: str, journal: bool = False, **env: str) -> str:
-    err = tmp_path / "cli-stderr.txt"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("TELEMETRYD_", "JOURNAL_"))}
-    environ.update(env, PYTHONPATH=str(ROOT))
-    with err.open("w") as fh:
-        if journal:
-            environ["JOURNAL_STREAM"] = identity(err)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "telemetryd",
-                *args,
-                "collect",
-                "--once",
-                "--gpu-backend",
-                "sim",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=fh,
-            env=environ,
-            cwd=tmp_path,
-            timeout=60,
-            check=True,
-        )
-    return err.read_text()
+    """``telemetryd [args] collect --once --gpu-backend sim``; what it wrote to stderr."""
+    argv = ["-m", "telemetryd", *args, "collect", "--once", "--gpu-backend", "sim"]
+    return stderr_of(tmp_path, argv, "match" if journal else None, **env)
 
 
 def test_cli_log_level_option_and_variable(tmp_path: Path) -> None:
