@@ -62,8 +62,15 @@ def stderr_of(tmp_path: Path, argv: list[str], journal: str | None, **env: str) 
         if journal is not None:
             environ["JOURNAL_STREAM"] = identity(err) if journal == "match" else journal
         run = [sys.executable, *argv]
-        subprocess.run(run, stdout=subprocess.DEVNULL, stderr=fh, env=environ, cwd=tmp_path,
-                       timeout=60, check=True)  # fmt: skip
+        subprocess.run(
+            run,
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+            env=environ,
+            cwd=tmp_path,
+            timeout=60,
+            check=True,
+        )
     return err.read_text()
 
 
