@@ -49,6 +49,15 @@ SHARED = [
     "dashboards/telemetryd-influxdb.json",
     "dashboards/telemetryd-prometheus.json",
 ]
+UNIT_PATTERNS = [
+    "systemd/*.service",
+    "systemd/*.md",
+    "systemd/drop-ins/*.conf",
+    "systemd/sysusers.d/*.conf",
+    "systemd/udev/*.rules",
+]
+# The units' Documentation= names <venv>/share/doc/telemetryd/operations.md.
+DOC = ("docs/operations.md", "share/doc/telemetryd/operations.md")
 BUILD_TIMEOUT_S = 300
 INSTALL_TIMEOUT_S = 300
 
@@ -62,14 +71,10 @@ def _require(module: str) -> None:
     pytest.skip(hint)
 
 
-def _shared_files() -> list[str]:
-    """SHARED plus every unit, drop-in and README under systemd/ in this checkout."""
-    units = sorted(
-        str(p.relative_to(ROOT))
-        for pattern in ("systemd/*.service", "systemd/README.md", "systemd/drop-ins/*.conf")
-        for p in ROOT.glob(pattern)
-    )
-    return SHARED + units
+def _installed_files() -> list[tuple[str, str]]:
+    """(path in the sdist, path under the venv) of every file installed beside the code."""
+    units = sorted(str(p.relative_to(ROOT)) for pat in UNIT_PATTERNS for p in ROOT.glob(pat))
+    return [(f, f"share/telemetryd/{f}") for f in SHARED + units] + [DOC]
 
 
 def _run(cmd: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -102,9 +107,9 @@ def test_wheel_carries_package_data_and_site_files(dist: tuple[Path, Path]) -> N
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = [f for f in PACKAGE_DATA if f not in names]
     assert not missing, f"package data missing from {wheel.name}: {missing}"
-    data = wheel.name.split("-py3")[0] + ".data/data/share/telemetryd/"
-    missing = [f for f in _shared_files() if data + f not in names]
-    assert not missing, f"site files missing from {wheel.name} (share/telemetryd/): {missing}"
+    data = wheel.name.split("-py3")[0] + ".data/data/"
+    missing = [dest for _, dest in _installed_files() if data + dest not in names]
+    assert not missing, f"site files missing from {wheel.name}: {missing}"
     assert not [n for n in names if n.startswith("tests/")], "the test suite is not shipped"
 
 
@@ -113,7 +118,7 @@ def test_sdist_carries_units_examples_and_docs(dist: tuple[Path, Path]) -> None:
     with tarfile.open(sdist) as tar:
         top = tar.getnames()[0].split("/")[0]
         names = {n.removeprefix(top + "/") for n in tar.getnames()}
-    expected = [*PACKAGE_DATA, *_shared_files(), "docs/operations.md", "README.md"]
+    expected = [*PACKAGE_DATA, *(src for src, _ in _installed_files()), "README.md"]
     missing = [f for f in expected if f not in names]
     assert not missing, f"missing from {sdist.name}: {missing}"
 
@@ -159,6 +164,5 @@ def test_wheel_installs_in_a_fresh_venv_and_collects(
         cwd=tmp_path,
         env=env,
     )
-    share = venv / "share/telemetryd"
-    missing = [f for f in _shared_files() if not (share / f).is_file()]
-    assert not missing, f"not installed under {share}: {missing}"
+    missing = [dest for _, dest in _installed_files() if not (venv / dest).is_file()]
+    assert not missing, f"not installed under {venv}: {missing}"
