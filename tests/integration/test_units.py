@@ -13,6 +13,10 @@ Checked with Debian's real ``systemd-analyze`` (systemd 252 on Debian 12):
   printed (see them with ``-s``, or in the ``-ra`` summary when a target is missed).
 - Each drop-in in systemd/drop-ins/ is applied the way systemd applies it (from
   ``<unit>.d/`` beside the unit) and must verify cleanly and keep its unit's target.
+- MemoryDenyWriteExecute=yes breaks a process whose libraries need writable executable
+  memory. Without systemd as PID 1 the units cannot be started here, so the code they run
+  (sampling, SQLite, argon2 password hashing) runs under the kernel's equivalent rule
+  (tests/mdwe.py); NVML under it is checked on a GPU node (tests/gpu/test_units_gpu.py).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.mosquitto import require_binary
+from tests.mdwe import run_without_wx
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +214,19 @@ def test_each_relaxation_is_commented(role: str) -> None:
         if _RELAXED.match(line.strip()):
             above = [prev for prev in lines[:number] if prev.strip()]
             assert above and above[-1].startswith("#"), f"line {number + 1}: {line} needs a why"
+
+
+def test_code_runs_without_writable_executable_memory() -> None:
+    """What the units run works under MemoryDenyWriteExecute (the kernel's PR_SET_MDWE)."""
+    probe = run_without_wx(
+        [sys.executable, "-c", "import mmap; mmap.mmap(-1, 4096, prot=7)"]  # RWX
+    )
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr  # the rule is on
+    telemetryd = str(_telemetryd())
+    sampled = run_without_wx([telemetryd, "collect", "--once", "--json", "--gpu-backend", "sim"])
+    assert sampled.returncode == 0, sampled.stderr
+    assert '"gpus"' in sampled.stdout
+    # argon2 (through cffi) is what the broker hashes and checks passwords with.
+    hashed = run_without_wx([telemetryd, "broker", "passwd", "node017"], stdin="s3cret\n")
+    assert hashed.returncode == 0, hashed.stderr
+    assert hashed.stdout.startswith("node017:$argon2")
