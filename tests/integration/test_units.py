@@ -230,3 +230,23 @@ def test_code_runs_without_writable_executable_memory() -> None:
     hashed = run_without_wx([telemetryd, "broker", "passwd", "node017"], stdin="s3cret\n")
     assert hashed.returncode == 0, hashed.stderr
     assert hashed.stdout.startswith("node017:$argon2")
+
+
+def test_sysusers_creates_the_agents_user(tmp_path: Path) -> None:
+    """systemd-sysusers accepts the file and it makes the User= and Group= the agent runs as."""
+    sysusers = require_binary(
+        "systemd-sysusers", "/usr/bin/systemd-sysusers", "install Debian's systemd package"
+    )
+    lines = (UNITS / "sysusers.d" / "telemetryd.conf").read_text(encoding="utf-8")
+    config = "\n".join(line for line in lines.splitlines() if not line.startswith("#"))
+    done = subprocess.run(
+        [sysusers, f"--root={tmp_path}", "--dry-run", "--inline", config],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    agent = UNITS / "telemetryd-agent.service"
+    assert f"Creating user '{_value(agent, 'User')}'" in done.stderr
+    assert f"Creating group '{_value(agent, 'Group')}'" in done.stderr
