@@ -5,8 +5,9 @@ Marked ``gpu``: CI (no GPU) deselects it; on a GPU node run ``pytest -m gpu test
 - ``DeviceAllow=char-nvidia* rw`` (systemd/telemetryd-agent.service) allows devices by the
   driver name of their major number in /proc/devices. Every NVIDIA node in /dev must have
   a major whose name matches, or NVML would be refused that node under the unit.
-- ``MemoryDenyWriteExecute=yes``: NVML (libnvidia-ml.so, loaded through ctypes) must work
-  without writable executable memory; checked with the kernel's equivalent rule.
+- ``MemoryDenyWriteExecute=yes``, ``SystemCallFilter=``, ``RestrictAddressFamilies=``:
+  NVML (libnvidia-ml.so through ctypes, its ioctls) must work under them; checked with
+  the unit's own rules emulated by tests/sandbox.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mdwe import run_without_wx
+from tests.integration.mosquitto import require_binary
+from tests.sandbox import run_sandboxed, unit_spec
 
 pytestmark = pytest.mark.gpu
 
@@ -63,10 +65,13 @@ def test_device_allow_patterns_cover_every_nvidia_node() -> None:
         assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), (node, name)
 
 
-def test_nvml_works_without_writable_executable_memory() -> None:
+def test_nvml_works_under_the_units_seccomp_rules() -> None:
+    analyze = require_binary("systemd-analyze", "/usr/bin/systemd-analyze", "install systemd")
     telemetryd = Path(sys.executable).parent / "telemetryd"
-    done = run_without_wx(
-        [str(telemetryd), "collect", "--once", "--json", "--gpu-backend", "nvml"], timeout=120
+    done = run_sandboxed(
+        unit_spec(UNIT, analyze),
+        [str(telemetryd), "collect", "--once", "--json", "--gpu-backend", "nvml"],
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["gpus"]

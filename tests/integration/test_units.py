@@ -13,23 +13,28 @@ Checked with Debian's real ``systemd-analyze`` (systemd 252 on Debian 12):
   printed (see them with ``-s``, or in the ``-ra`` summary when a target is missed).
 - Each drop-in in systemd/drop-ins/ is applied the way systemd applies it (from
   ``<unit>.d/`` beside the unit) and must verify cleanly and keep its unit's target.
-- MemoryDenyWriteExecute=yes breaks a process whose libraries need writable executable
-  memory. Without systemd as PID 1 the units cannot be started here, so the code they run
-  (sampling, SQLite, argon2 password hashing) runs under the kernel's equivalent rule
-  (tests/mdwe.py); NVML under it is checked on a GPU node (tests/gpu/test_units_gpu.py).
+- The seccomp part of each unit (SystemCallFilter=, RestrictAddressFamilies=,
+  MemoryDenyWriteExecute=) is what most likely breaks a service at run time. Without
+  systemd as PID 1 the units cannot be started here, so broker, aggregator and agent run
+  under their units' own rules emulated by tests/sandbox.py, and reports must reach the
+  store; NVML under them is checked on a GPU node (tests/gpu/test_units_gpu.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.integration.mosquitto import require_binary
-from tests.mdwe import run_without_wx
+from tests.integration.mosquitto import free_port, require_binary
+from tests.sandbox import run_sandboxed, sandboxed, skip_if_no_mdwe, unit_settings, unit_spec
 
 pytestmark = pytest.mark.integration
 
@@ -57,25 +62,9 @@ def _telemetryd() -> Path:
     return script
 
 
-def _settings(path: Path) -> list[tuple[str, str, str]]:
-    """(section, key, value) of every assignment, in order; keys may repeat in units."""
-    found: list[tuple[str, str, str]] = []
-    section = ""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        found.append((section, key.strip(), value.strip()))
-    return found
-
-
 def _value(path: Path, key: str) -> str | None:
     """The last value assigned to ``key`` in the [Service] or [Unit] section."""
-    values = [v for _s, k, v in _settings(path) if k == key]
+    values = [v for _s, k, v in unit_settings(path) if k == key]
     return values[-1] if values else None
 
 
@@ -193,7 +182,7 @@ def test_unit_contract(role: str) -> None:
     if role == "agent":
         assert _value(unit, "CPUQuota") is not None
         assert _value(unit, "DevicePolicy") == "closed"
-        allowed = [v for _s, k, v in _settings(unit) if k == "DeviceAllow"]
+        allowed = [v for _s, k, v in unit_settings(unit) if k == "DeviceAllow"]
         assert allowed
         assert all("nvidia" in entry for entry in allowed)
 
@@ -216,20 +205,98 @@ def test_each_relaxation_is_commented(role: str) -> None:
             assert above and above[-1].startswith("#"), f"line {number + 1}: {line} needs a why"
 
 
-def test_code_runs_without_writable_executable_memory() -> None:
-    """What the units run works under MemoryDenyWriteExecute (the kernel's PR_SET_MDWE)."""
-    probe = run_without_wx(
-        [sys.executable, "-c", "import mmap; mmap.mmap(-1, 4096, prot=7)"]  # RWX
-    )
-    assert probe.returncode != 0 and "PermissionError" in probe.stderr  # the rule is on
+@pytest.fixture
+def specs() -> dict[str, dict[str, Any]]:
+    """Each unit's seccomp settings (SystemCallFilter, families, MDWE), resolved."""
+    return {role: unit_spec(UNITS / f"telemetryd-{role}.service", _analyze()) for role in TARGETS}
+
+
+@pytest.mark.parametrize("role", sorted(TARGETS))
+def test_sandbox_emulation_enforces_the_unit(role: str, specs: dict[str, Any]) -> None:
+    """The emulation is on: W+X memory, a packet socket and chown() are all refused."""
+    for code in (
+        "import mmap; mmap.mmap(-1, 4096, prot=7)",  # read, write and execute
+        "import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)",
+        "import os; os.chown('.', os.getuid(), os.getgid())",  # @privileged
+    ):
+        done = run_sandboxed(specs[role], [sys.executable, "-c", code])
+        assert done.returncode != 0 and "PermissionError" in done.stderr, (code, done.stderr)
+
+
+def test_services_run_under_their_units_seccomp_rules(
+    specs: dict[str, Any], tmp_path: Path
+) -> None:
+    """Broker, aggregator and agent, each under its unit's rules: reports get stored.
+
+    The agent samples simulated GPUs and the host (psutil, RAPL, hwmon), the broker checks
+    nothing (loopback), the aggregator writes its WAL and SQLite store. A call the filter
+    refuses would crash a service or stop the flow.
+    """
     telemetryd = str(_telemetryd())
-    sampled = run_without_wx([telemetryd, "collect", "--once", "--json", "--gpu-backend", "sim"])
-    assert sampled.returncode == 0, sampled.stderr
-    assert '"gpus"' in sampled.stdout
-    # argon2 (through cffi) is what the broker hashes and checks passwords with.
-    hashed = run_without_wx([telemetryd, "broker", "passwd", "node017"], stdin="s3cret\n")
-    assert hashed.returncode == 0, hashed.stderr
-    assert hashed.stdout.startswith("node017:$argon2")
+    hashed = run_sandboxed(specs["broker"], [telemetryd, "broker", "passwd", "n1"], "s3cret\n")
+    assert hashed.returncode == 0 and hashed.stdout.startswith("n1:$argon2"), hashed.stderr
+    port = free_port()
+    url = f"mqtt://127.0.0.1:{port}"
+    commands = {
+        "broker": [telemetryd, "broker", "--listen", f"127.0.0.1:{port}"],
+        "aggregator": [telemetryd, "aggregator", "--broker", url,
+                       "--state-dir", str(tmp_path / "aggregator")],
+        "agent": [telemetryd, "agent", "--broker", url, "--node", "n1", "--cluster", "c1",
+                  "--gpu-backend", "sim", "--interval", "0.5",
+                  "--state-dir", str(tmp_path / "agent")],
+    }  # fmt: skip
+    procs: dict[str, subprocess.Popen[str]] = {}
+    try:
+        for role in ("broker", "aggregator", "agent"):
+            procs[role] = subprocess.Popen(
+                sandboxed(specs[role], commands[role]),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(0.5 if role == "broker" else 0)
+        rows = _wait_for_host_rows(tmp_path / "aggregator" / "telemetry.db", procs, want=3)
+        assert rows >= 3
+        for role, proc in procs.items():
+            assert proc.poll() is None, (
+                f"{role} exited: {proc.stderr.read() if proc.stderr else ''}"
+            )
+    finally:
+        for proc in reversed(procs.values()):
+            proc.terminate()
+        for role, proc in procs.items():
+            try:
+                _out, err = proc.communicate(timeout=10)  # TimeoutStopSec=10s
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                pytest.fail(f"{role} did not stop within 10 s of SIGTERM")
+            skip_if_no_mdwe(err)
+
+
+def _wait_for_host_rows(
+    db: Path, procs: dict[str, subprocess.Popen[str]], want: int, timeout: float = 60
+) -> int:
+    """Host rows of node n1 in the aggregator's SQLite store, once there are ``want``."""
+    deadline = time.monotonic() + timeout
+    rows = 0
+    while time.monotonic() < deadline:
+        for role, proc in procs.items():
+            if proc.poll() is not None:
+                err = proc.stderr.read() if proc.stderr else ""
+                skip_if_no_mdwe(err)
+                pytest.fail(f"{role} exited with {proc.returncode}: {err[-2000:]}")
+        if db.exists():
+            with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+                try:
+                    found = conn.execute("SELECT count(*) FROM host WHERE node = 'n1'").fetchone()
+                    rows = int(found[0])
+                except sqlite3.OperationalError:  # the table is not there yet
+                    rows = 0
+            if rows >= want:
+                return rows
+        time.sleep(0.25)
+    pytest.fail(f"only {rows} reports stored in {timeout} s")
 
 
 def test_sysusers_creates_the_agents_user(tmp_path: Path) -> None:
