@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -39,6 +40,7 @@ from telemetryd.ingest import Limits, Rejected, validate
 from telemetryd.jobs import JobTable
 from telemetryd.model import EventMessage, Report, Status
 from telemetryd.names import sanitize_hostname
+from telemetryd.reload import Reloader, reload_aggregator
 from telemetryd.service import stopped_within
 from telemetryd.sinkrunner import Feed, SinkRunner, cursor_file
 from telemetryd.topics import fleet_event_topic, fleet_topic, request_cluster, subscriptions
@@ -76,11 +78,7 @@ class Aggregator:
         self.deadletters = deadletters
         self.settings = settings
         self.feed = Feed(wal, keep=max(2048, 2 * cfg.batch_size))
-        self.runners = [
-            SinkRunner(sink, self.feed, cursor_file(wal.directory, sink.name), deadletters,
-                       batch_size=cfg.batch_size, retry_max=cfg.sink_retry_max)
-            for _url, sink in sinks
-        ]  # fmt: skip
+        self.runners = [self.runner_for(sink) for _url, sink in sinks]
         self.limits = Limits(cfg.max_payload_bytes, cfg.max_clock_skew, cfg.max_report_age)
         self.snapshot_path = directory / "fleet-state.json"
         self.snapshot_index = wal.first_index
@@ -93,6 +91,8 @@ class Aggregator:
         self.alerts: AlertService | None = None  # the alert engine, unless turned off
         self.jobs = JobTable()  # running and recently ended jobs, joined across nodes
         self._session: MqttSession | None = None
+        self._group: asyncio.TaskGroup | None = None  # run()'s, where reload starts sinks
+        self._sink_tasks: dict[SinkRunner, tuple[asyncio.Event, asyncio.Task[None]]] = {}
         self._commit_lock = asyncio.Lock()
         self._summary_error = ""
 
@@ -366,12 +366,40 @@ class Aggregator:
                 with contextlib.suppress(MqttUnavailable):
                     await self.alerts.publish(session)
 
+    # -- sinks (one stop each, so a reload can stop one; see telemetryd/reload.py) ---------
+    def runner_for(self, sink: Sink) -> SinkRunner:
+        """A runner for ``sink``, from the cursor saved under the sink's name."""
+        return SinkRunner(sink, self.feed, cursor_file(self.wal.directory, sink.name),
+                          self.deadletters, batch_size=self.cfg.batch_size,
+                          retry_max=self.cfg.sink_retry_max)  # fmt: skip
+
+    def start_sink(self, runner: SinkRunner) -> None:
+        """Run ``runner`` until the service stops or ``stop_sink``."""
+        assert self._group is not None, "sinks start inside run()"
+        halt = asyncio.Event()
+        task = self._group.create_task(runner.run(halt), name=f"aggregator.sink.{runner.sink.name}")
+        self._sink_tasks[runner] = (halt, task)
+
+    async def stop_sink(self, runner: SinkRunner) -> None:
+        """Stop ``runner`` (it drains briefly and saves its cursor), then forget it."""
+        halt, task = self._sink_tasks.pop(runner)
+        halt.set()
+        await asyncio.wait({task})
+        self.runners.remove(runner)
+
+    async def _stop_sinks(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        for halt, _task in self._sink_tasks.values():
+            halt.set()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``; then let the sinks catch up briefly and save state."""
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 for runner in self.runners:
-                    group.create_task(runner.run(stop), name=f"aggregator.sink.{runner.sink.name}")
+                    self.start_sink(runner)
+                group.create_task(self._stop_sinks(stop), name="aggregator.sinks.stop")
                 group.create_task(self._mqtt_loop(stop), name="aggregator.mqtt")
                 group.create_task(self._housekeeping(stop), name="aggregator.housekeeping")
                 if self.alerts is not None:
@@ -390,8 +418,16 @@ def make_sink(url: str, cfg: AggregatorConfig) -> Sink:
         raise ConfigError([f"aggregator.sinks: {exc}"]) from None
 
 
-async def serve(cfg: AggregatorConfig, stop: asyncio.Event) -> None:
-    """The whole aggregator: state directory, WAL, sinks, MQTT; returns after ``stop``."""
+async def serve(
+    cfg: AggregatorConfig,
+    stop: asyncio.Event,
+    *,
+    reloader: Reloader[AggregatorConfig] | None = None,
+) -> None:
+    """The whole aggregator: state directory, WAL, sinks, MQTT; returns after ``stop``.
+
+    ``reloader`` (SIGHUP under ``telemetryd aggregator``) re-reads the configuration.
+    """
     directory = statedir.resolve(cfg.state_dir)
     lock = statedir.StateLock(directory, "aggregator")
     lock.acquire()
@@ -436,7 +472,11 @@ async def serve(cfg: AggregatorConfig, stop: asyncio.Event) -> None:
             await asyncio.to_thread(aggregator.recover)
             aggregator.metrics = api.ready() if api is not None else None
             log.info("aggregator: sinks %s, WAL %s", ", ".join(urls), wal.directory)
-            await aggregator.run(stop)
+            async with asyncio.TaskGroup() as group:
+                if reloader is not None:
+                    apply = functools.partial(reload_aggregator, aggregator)
+                    group.create_task(reloader.run(stop, apply), name="aggregator.reload")
+                await aggregator.run(stop)
         finally:
             wal.close()  # run() closes it too; this covers a failed start
             if api is not None:

@@ -3,6 +3,8 @@
 SIGTERM and SIGINT set the stop event, so services shut down through their own code path
 (flush, offline presence, close) instead of being torn down mid-write. A second signal
 while shutting down exits at once; so does a shutdown that overruns its deadline.
+SIGHUP calls the service's reload callback (telemetryd/reload.py); a service without one
+logs that it does not reload instead of dying, as SIGHUP's default action would make it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ log = logging.getLogger(__name__)
 
 
 async def run_until_signalled(
-    main: Callable[[asyncio.Event], Awaitable[None]], *, deadline_s: float = 5.0
+    main: Callable[[asyncio.Event], Awaitable[None]],
+    *,
+    deadline_s: float = 5.0,
+    reload: Callable[[], None] | None = None,
 ) -> None:
-    """Run ``main(stop)``; the first SIGTERM/SIGINT sets ``stop``, a second exits now."""
+    """Run ``main(stop)``; the first SIGTERM/SIGINT sets ``stop``, a second exits now.
+
+    SIGHUP calls ``reload`` (it only asks: the re-read happens in the service's own task).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     first_at: list[float] = []
@@ -37,12 +45,19 @@ async def run_until_signalled(
         stop.set()
         loop.call_later(deadline_s, _overran, deadline_s)
 
+    def on_hangup() -> None:
+        if reload is None:
+            log.warning("SIGHUP: this service does not reload; restart it to apply changes")
+        elif not stop.is_set():
+            reload()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await main(stop)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
 
@@ -58,3 +73,15 @@ async def stopped_within(stop: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def wait_any(events: tuple[asyncio.Event, ...], seconds: float | None) -> bool:
+    """Wait up to ``seconds`` (None: no limit) for any of ``events``; True when one is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    timeout = None if seconds is None else max(0.0, seconds)
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return bool(done)

@@ -390,6 +390,21 @@ class Engine:
             pending.append(public)
         return pending
 
+    def set_rules(self, rules: list[Rule], now_ns: int) -> None:
+        """Swap the rules on reload; alerts of a removed rule resolve now.
+
+        Alerts of a kept rule keep their state and timers: the next evaluation applies its
+        new condition, so a threshold change neither re-pages nor restarts a ``for`` wait.
+        """
+        self.rules = {r.name: r for r in rules}
+        self.scoped = {}
+        for rule in rules:
+            self.scoped.setdefault(rule.scope, []).append(rule)
+        for alert in [a for a in self.active.values() if a.rule not in self.rules]:
+            self._resolve(alert, now_ns)
+            for fingerprints in self.by_gpu.values():
+                fingerprints.discard(alert.fingerprint)
+
     # -- persistence -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """Pending and firing alerts, timers included, JSON-able."""

@@ -1,0 +1,184 @@
+"""SIGHUP reload of real agent and aggregator processes while reports flow through Mosquitto.
+
+A valid change must be applied (the agent's interval, an alert rule, a sink), an invalid
+file refused with its file:line reason while the old configuration keeps running, and
+nothing lost meanwhile: counted end to end by seq, as in test_pipeline.py, and within
+one boot (a reload is not a restart: the boot id and seq numbering go on).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from exporters.sqlite_reader import SqliteReader
+from tests.integration.pipeline import Service, _env, by_boot, stored, wait_until
+from tests.integration.test_pipeline import assert_no_loss, settle, witness  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+RULE = """
+[[rule]]
+name = "{name}"
+scope = "aggregator"
+expr = "mqtt_connected"
+severity = "info"
+[rule.annotations]
+summary = "reload test rule"
+"""
+
+
+def agent_toml(path: Path, broker: str, state: Path, interval: float, extra: str = "") -> None:
+    path.write_text(f"""\
+[agent]
+broker = "{broker}"
+node = "n1"
+cluster = "c1"
+interval = {interval}
+gpu_backend = "sim"
+collectors = ["host"]
+state_dir = "{state}"
+backlog_rate = 200
+reconnect_max = 1
+{extra}
+[agent.sim]
+gpus = 2
+""")
+
+
+def aggregator_toml(path: Path, broker: str, tmp: Path, sinks: list[str] | None = None) -> None:
+    sink_line = f"sinks = {sinks!r}".replace("'", '"') if sinks else ""
+    path.write_text(f"""\
+[aggregator]
+broker = "{broker}"
+state_dir = "{tmp / "aggregator"}"
+reconnect_max = 1
+{sink_line}
+
+[aggregator.alerts]
+default_rules = false
+rules_dir = "{tmp / "rules"}"
+evaluation_interval = 0.2
+""")
+
+
+def hup(service: Service) -> None:
+    assert service.proc is not None
+    service.proc.send_signal(signal.SIGHUP)
+
+
+def count_in_log(service: Service, text: str) -> int:
+    return service.log.read_text(errors="replace").count(text)
+
+
+def rate(witness_, seconds: float) -> float:
+    """Reports per second the broker delivered over the next ``seconds``."""
+    before = len(witness_.seen())
+    time.sleep(seconds)
+    return (len(witness_.seen()) - before) / seconds
+
+
+def test_reload_applies_valid_refuses_invalid_loses_nothing(tmp_path, mosquitto, witness):  # noqa: F811
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "a.toml").write_text(RULE.format(name="BeforeReload"))
+    agg_cfg, agent_cfg = tmp_path / "aggregator.toml", tmp_path / "agent.toml"
+    aggregator_toml(agg_cfg, mosquitto.url, tmp_path)
+    agent_toml(agent_cfg, mosquitto.url, tmp_path / "agent-n1", interval=0.5)
+    agg = Service(["aggregator", "-c", str(agg_cfg)], _env({}), tmp_path / "aggregator.log")
+    agg.start().wait_log("consuming").wait_log("alert firing BeforeReload")
+    agent = Service(
+        ["agent", "-c", str(agent_cfg), "--node", "n1"], _env({}), tmp_path / "agent-n1.log"
+    )
+    agent.start().wait_log("agent c1/n1")
+    time.sleep(2)
+    slow = rate(witness, 2.0)
+
+    # Valid: a shorter interval (and a rotated rule file) is applied to the running process.
+    agent_toml(agent_cfg, mosquitto.url, tmp_path / "agent-n1", interval=0.1)
+    hup(agent)
+    agent.wait_log("agent: every 0.1s")
+    time.sleep(0.5)
+    fast = rate(witness, 2.0)
+    assert fast > 2.5 * slow, (slow, fast)
+    (tmp_path / "rules" / "a.toml").write_text(RULE.format(name="AfterReload"))
+    hup(agg)
+    agg.wait_log("alert firing AfterReload").wait_log("alert resolved BeforeReload")
+
+    # Invalid: refused with file:line and reason; the old configuration keeps running.
+    agent_cfg.write_text(agent_cfg.read_text().replace("interval = 0.1", "interval = 0.001"))
+    hup(agent)
+    agent.wait_log("reload refused")
+    refused = [line for line in agent.tail(50).splitlines() if "reload refused" in line]
+    assert f"{agent_cfg}:5" in refused[0] and "agent.interval" in refused[0], refused
+    (tmp_path / "rules" / "b.toml").write_text("[[rule]]\nname = 'Broken'\nexpr = 'nonsense ==\n")
+    hup(agg)
+    agg.wait_log("reload refused")
+    assert "b.toml" in agg.tail(50)
+    (tmp_path / "rules" / "b.toml").unlink()
+    assert agent.alive() and agg.alive()
+    assert rate(witness, 1.0) > 5, "the old interval (0.1 s) keeps running"
+    assert count_in_log(agg, "alert resolved AfterReload") == 0
+
+    # A fixed key (the node's cluster) is a restart, not a reload.
+    agent_toml(agent_cfg, mosquitto.url, tmp_path / "agent-n1", interval=0.1)
+    agent_cfg.write_text(agent_cfg.read_text().replace('cluster = "c1"', 'cluster = "c2"'))
+    hup(agent)
+    wait_until(lambda: count_in_log(agent, "reload refused") == 2, 10, "second refusal")
+    assert "agent.cluster: changing it needs a restart" in agent.tail(5)
+
+    keys = settle(tmp_path, [agent], witness)
+    assert agg.stop() == 0, agg.tail()
+    assert_no_loss(keys, ["n1"])
+    assert len(by_boot(keys)) == 1, "a reload keeps the boot id: one contiguous seq run"
+
+
+def test_aggregator_reload_adds_and_removes_sinks(tmp_path, mosquitto, witness):  # noqa: F811
+    (tmp_path / "rules").mkdir()
+    first = f"sqlite://{tmp_path / 'aggregator' / 'telemetry.db'}"
+    second = f"sqlite://{tmp_path / 'second.db'}"
+    agg_cfg, agent_cfg = tmp_path / "aggregator.toml", tmp_path / "agent.toml"
+    aggregator_toml(agg_cfg, mosquitto.url, tmp_path, sinks=[first])
+    agent_toml(agent_cfg, mosquitto.url, tmp_path / "agent-n1", interval=0.2)
+    agg = Service(["aggregator", "-c", str(agg_cfg)], _env({}), tmp_path / "aggregator.log")
+    agg.start().wait_log("consuming")
+    agent = Service(
+        ["agent", "-c", str(agent_cfg), "--node", "n1"], _env({}), tmp_path / "agent-n1.log"
+    )
+    agent.start().wait_log("agent c1/n1")
+    time.sleep(1.5)
+
+    aggregator_toml(agg_cfg, mosquitto.url, tmp_path, sinks=[first, second])
+    hup(agg)
+    agg.wait_log("reloaded the aggregator configuration")
+    assert count_in_log(agg, "started at record") == 1 and count_in_log(agg, "stopped") == 0
+    time.sleep(1.5)
+    aggregator_toml(agg_cfg, mosquitto.url, tmp_path, sinks=[second])
+    hup(agg)
+    wait_until(lambda: count_in_log(agg, "reloaded the aggregator") == 2, 10, "second reload")
+    assert count_in_log(agg, "sink ") and "stopped" in agg.tail(10)
+    time.sleep(1.0)
+
+    assert agent.stop() == 0, agent.tail()
+    time.sleep(0.5)
+    expected = witness.seen()
+    wait_until(lambda: expected <= stored(tmp_path) | in_db(second), 30, "every report stored")
+    assert agg.stop() == 0, agg.tail()
+    assert_no_loss(stored(tmp_path) | in_db(second), ["n1"])
+    # The first sink stopped when it was removed; the second one holds everything after the
+    # oldest record the WAL still had when it was added, to the end, without a hole.
+    first_keys, second_keys = stored(tmp_path), in_db(second)
+    assert first_keys and second_keys and first_keys != second_keys
+    assert max(s for *_, s in second_keys) > max(s for *_, s in first_keys)
+    seqs = sorted(s for *_, s in second_keys)
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))
+
+
+def in_db(url: str) -> set[tuple[str, str, int]]:
+    reader = SqliteReader(url.removeprefix("sqlite://"))
+    try:
+        return set(reader.report_keys())
+    finally:
+        reader.close()
