@@ -16,6 +16,7 @@ import pytest
 
 from exporters.sqlite_reader import SqliteReader
 from tests.integration.pipeline import Service, _env, by_boot, stored, wait_until
+from tests.integration.receiver import Receiver
 from tests.integration.test_pipeline import assert_no_loss, settle, witness  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -106,6 +107,8 @@ def test_reload_applies_valid_refuses_invalid_loses_nothing(tmp_path, mosquitto,
     (tmp_path / "rules" / "a.toml").write_text(RULE.format(name="AfterReload"))
     hup(agg)
     agg.wait_log("alert firing AfterReload").wait_log("alert resolved BeforeReload")
+    hup(agg)  # the same rules again: what fires keeps its state, nothing fires twice
+    wait_until(lambda: count_in_log(agg, "reloaded the aggregator") == 2, 10, "second reload")
 
     # Invalid: refused with file:line and reason; the old configuration keeps running.
     agent_cfg.write_text(agent_cfg.read_text().replace("interval = 0.1", "interval = 0.001"))
@@ -121,6 +124,7 @@ def test_reload_applies_valid_refuses_invalid_loses_nothing(tmp_path, mosquitto,
     assert agent.alive() and agg.alive()
     assert rate(witness, 1.0) > 5, "the old interval (0.1 s) keeps running"
     assert count_in_log(agg, "alert resolved AfterReload") == 0
+    assert count_in_log(agg, "alert firing AfterReload") == 1
 
     # A fixed key (the node's cluster) is a restart, not a reload.
     agent_toml(agent_cfg, mosquitto.url, tmp_path / "agent-n1", interval=0.1)
@@ -182,3 +186,51 @@ def in_db(url: str) -> set[tuple[str, str, int]]:
         return set(reader.report_keys())
     finally:
         reader.close()
+
+
+ROUTING = """
+[route]
+receiver = "{name}"
+group_by = ["..."]
+group_wait = "0s"
+group_interval = "1s"
+repeat_interval = "1h"
+
+[[receiver]]
+name = "{name}"
+type = "webhook"
+url = "{url}/{name}"
+"""
+
+
+def test_aggregator_reload_swaps_routing_keeping_what_was_told(tmp_path, mosquitto):
+    """A new route is told about what fires; the old receiver is not paged again."""
+    receiver = Receiver().start()
+    try:
+        (tmp_path / "rules").mkdir()
+        (tmp_path / "rules" / "a.toml").write_text(RULE.format(name="Firing"))
+        routing = tmp_path / "routing.toml"
+        routing.write_text(ROUTING.format(name="first", url=receiver.url))
+        agg_cfg = tmp_path / "aggregator.toml"
+        aggregator_toml(agg_cfg, mosquitto.url, tmp_path)
+        agg_cfg.write_text(agg_cfg.read_text() + f'routing_file = "{routing}"\n')
+        agg = Service(["aggregator", "-c", str(agg_cfg)], _env({}), tmp_path / "aggregator.log")
+        agg.start().wait_log("consuming")
+        wait_until(lambda: receiver.bodies("/first"), 15, "the first receiver paged")
+
+        routing.write_text(ROUTING.format(name="second", url=receiver.url))
+        hup(agg)
+        wait_until(lambda: receiver.bodies("/second"), 15, "the new receiver paged")
+        routing.write_text(ROUTING.format(name="third", url=receiver.url) + 'receiver = "x"\n')
+        hup(agg)
+        agg.wait_log("reload refused")
+        assert "routing.toml" in agg.tail(5)
+        time.sleep(2.5)  # more than group_interval: a repeat would have been sent by now
+        assert agg.alive()
+        assert len(receiver.bodies("/first")) == 1, "told once, before the reload"
+        assert len(receiver.bodies("/second")) == 1
+        assert [a["status"] for a in receiver.bodies("/second")[0]["alerts"]] == ["firing"]
+        assert count_in_log(agg, "alert firing Firing") == 1, "its state survived both"
+        assert agg.stop() == 0, agg.tail()
+    finally:
+        receiver.close()
