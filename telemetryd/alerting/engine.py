@@ -61,10 +61,8 @@ class Engine:
         external_url: str = "",
         name: str = "aggregator",
     ) -> None:
-        self.rules = {r.name: r for r in rules}
+        self.rules: dict[str, Rule] = {}
         self.scoped: dict[str, list[Rule]] = {}
-        for rule in rules:
-            self.scoped.setdefault(rule.scope, []).append(rule)
         self.fleet = fleet
         self.node_labels = node_labels or {}
         self.runbook_base = runbook_base
@@ -82,6 +80,7 @@ class Engine:
         self._changed: list[Alert] = []
         self.evaluations = 0
         self.jobs: JobTable | None = None  # the aggregator's live jobs, for job rules
+        self.set_rules(rules, 0)
 
     # -- inputs ----------------------------------------------------------------------------
     def on_report(self, report: Report, now_ns: int) -> None:
