@@ -58,6 +58,10 @@ class Reloader(Generic[S]):
         self.reloaded = 0
         self.refused = 0
         self.last_error = ""
+        # systemd's reload protocol (set by the service's notifier): RELOADING=1 before,
+        # READY=1 after, whether the new configuration was applied or refused.
+        self.on_start: Callable[[], None] = lambda: None
+        self.on_done: Callable[[], None] = lambda: None
 
     def request(self) -> None:
         """Ask for a reload (the SIGHUP handler's whole job)."""
@@ -76,6 +80,7 @@ class Reloader(Generic[S]):
     async def once(self, apply: Callable[[S], Awaitable[None]]) -> bool:
         """Re-read and apply now; False (and one ERROR line) when refused."""
         log.info("SIGHUP: reloading the %s configuration", self.role)
+        self.on_start()
         try:
             section = await asyncio.to_thread(self._read)
             await apply(section)
@@ -84,6 +89,8 @@ class Reloader(Generic[S]):
             self.last_error = "; ".join(str(exc).splitlines())
             log.error("reload refused, the running configuration stays: %s", self.last_error)
             return False
+        finally:
+            self.on_done()
         self.reloaded += 1
         self.last_error = ""
         log.info("reloaded the %s configuration", self.role)

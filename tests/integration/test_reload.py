@@ -8,6 +8,7 @@ one boot (a reload is not a restart: the boot id and seq numbering go on).
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -15,7 +16,16 @@ from pathlib import Path
 import pytest
 
 from exporters.sqlite_reader import SqliteReader
-from tests.integration.pipeline import Service, _env, by_boot, stored, wait_until
+from tests.integration.pipeline import (
+    Service,
+    Witness,
+    _env,
+    by_boot,
+    retained,
+    spool_files,
+    stored,
+    wait_until,
+)
 from tests.integration.receiver import Receiver
 from tests.integration.test_pipeline import assert_no_loss, settle, witness  # noqa: F401
 
@@ -234,3 +244,39 @@ def test_aggregator_reload_swaps_routing_keeping_what_was_told(tmp_path, mosquit
         assert agg.stop() == 0, agg.tail()
     finally:
         receiver.close()
+
+
+def test_agent_reload_moves_to_another_broker_without_loss(tmp_path, mosquitto_factory):
+    """Changed broker settings: reconnect there, say offline on the old one, keep seq."""
+    old, new = mosquitto_factory(), mosquitto_factory()
+    seen_old, seen_new = Witness(old.port), Witness(new.port)
+    try:
+        time.sleep(0.3)
+        agent_cfg = tmp_path / "agent.toml"
+        agent_toml(agent_cfg, old.url, tmp_path / "agent-n1", interval=0.2)
+        agent = Service(["agent", "-c", str(agent_cfg)], _env({}), tmp_path / "agent-n1.log")
+        agent.start().wait_log("agent c1/n1")
+        wait_until(lambda: len(seen_old.seen()) >= 5, 15, "reports on the first broker")
+        agent_toml(agent_cfg, new.url, tmp_path / "agent-n1", interval=0.2)
+        hup(agent)
+        agent.wait_log("reconnecting")
+        wait_until(lambda: len(seen_new.seen()) >= 5, 15, "reports on the second broker")
+        before = len(seen_old.seen())
+        time.sleep(1.0)
+        assert len(seen_old.seen()) == before, "nothing goes to the old broker any more"
+        assert json.loads(retained(old.port, "telemetry/v1/c1/n1/status")[
+            "telemetry/v1/c1/n1/status"])["state"] == "offline"  # fmt: skip
+        assert agent.stop() == 0, agent.tail()
+        time.sleep(0.5)
+        keys = seen_old.seen() | seen_new.seen()
+        assert len(by_boot(keys)) == 1
+        assert_no_loss(keys | spooled(tmp_path), ["n1"])
+    finally:
+        seen_old.close()
+        seen_new.close()
+
+
+def spooled(tmp: Path) -> set[tuple[str, str, int]]:
+    """The (node, boot, seq) left in n1's spool: sent at the next start, not lost."""
+    return {("n1", p.stem.split("-")[1], int(p.stem.split("-")[2]))
+            for p in spool_files(tmp, "n1")}  # fmt: skip
