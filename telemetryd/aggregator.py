@@ -42,7 +42,7 @@ from telemetryd.model import EventMessage, Report, Status
 from telemetryd.names import sanitize_hostname
 from telemetryd.reload import Reloader, reload_aggregator
 from telemetryd.service import stopped_within
-from telemetryd.sinkrunner import Feed, SinkRunner, cursor_file
+from telemetryd.sinkrunner import Feed, SinkRunners
 from telemetryd.topics import fleet_event_topic, fleet_topic, request_cluster, subscriptions
 from telemetryd.urls import UrlError, parse_sink_url
 from telemetryd.wal import Wal, WalError
@@ -78,7 +78,10 @@ class Aggregator:
         self.deadletters = deadletters
         self.settings = settings
         self.feed = Feed(wal, keep=max(2048, 2 * cfg.batch_size))
-        self.runners = [self.runner_for(sink) for _url, sink in sinks]
+        self.runners = SinkRunners(self.feed, deadletters, batch_size=cfg.batch_size,
+                                   retry_max=cfg.sink_retry_max)  # fmt: skip
+        for _url, sink in sinks:
+            self.runners.add(sink)
         self.limits = Limits(cfg.max_payload_bytes, cfg.max_clock_skew, cfg.max_report_age)
         self.snapshot_path = directory / "fleet-state.json"
         self.snapshot_index = wal.first_index
@@ -91,8 +94,6 @@ class Aggregator:
         self.alerts: AlertService | None = None  # the alert engine, unless turned off
         self.jobs = JobTable()  # running and recently ended jobs, joined across nodes
         self._session: MqttSession | None = None
-        self._group: asyncio.TaskGroup | None = None  # run()'s, where reload starts sinks
-        self._sink_tasks: dict[SinkRunner, tuple[asyncio.Event, asyncio.Task[None]]] = {}
         self._commit_lock = asyncio.Lock()
         self._summary_error = ""
 
@@ -366,40 +367,11 @@ class Aggregator:
                 with contextlib.suppress(MqttUnavailable):
                     await self.alerts.publish(session)
 
-    # -- sinks (one stop each, so a reload can stop one; see telemetryd/reload.py) ---------
-    def runner_for(self, sink: Sink) -> SinkRunner:
-        """A runner for ``sink``, from the cursor saved under the sink's name."""
-        return SinkRunner(sink, self.feed, cursor_file(self.wal.directory, sink.name),
-                          self.deadletters, batch_size=self.cfg.batch_size,
-                          retry_max=self.cfg.sink_retry_max)  # fmt: skip
-
-    def start_sink(self, runner: SinkRunner) -> None:
-        """Run ``runner`` until the service stops or ``stop_sink``."""
-        assert self._group is not None, "sinks start inside run()"
-        halt = asyncio.Event()
-        task = self._group.create_task(runner.run(halt), name=f"aggregator.sink.{runner.sink.name}")
-        self._sink_tasks[runner] = (halt, task)
-
-    async def stop_sink(self, runner: SinkRunner) -> None:
-        """Stop ``runner`` (it drains briefly and saves its cursor), then forget it."""
-        halt, task = self._sink_tasks.pop(runner)
-        halt.set()
-        await asyncio.wait({task})
-        self.runners.remove(runner)
-
-    async def _stop_sinks(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        for halt, _task in self._sink_tasks.values():
-            halt.set()
-
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``; then let the sinks catch up briefly and save state."""
         try:
             async with asyncio.TaskGroup() as group:
-                self._group = group
-                for runner in self.runners:
-                    self.start_sink(runner)
-                group.create_task(self._stop_sinks(stop), name="aggregator.sinks.stop")
+                self.runners.start(group, stop)
                 group.create_task(self._mqtt_loop(stop), name="aggregator.mqtt")
                 group.create_task(self._housekeeping(stop), name="aggregator.housekeeping")
                 if self.alerts is not None:

@@ -89,6 +89,12 @@ class Reloader(Generic[S]):
             self.last_error = "; ".join(str(exc).splitlines())
             log.error("reload refused, the running configuration stays: %s", self.last_error)
             return False
+        except Exception as exc:  # a bug in a reload must not stop the service
+            self.refused += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("reload failed, part of it may be applied: %s", self.last_error,
+                      exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
+            return False
         finally:
             self.on_done()
         self.reloaded += 1
@@ -207,6 +213,7 @@ async def reload_aggregator(aggregator: Aggregator, cfg: AggregatorConfig) -> No
     aggregator.fleet.silent_after = cfg.silent_after
     if alerts_apply is not None:
         await alerts_apply()
+    aggregator.runners.retry_max = cfg.sink_retry_max  # for the runners started from here
     if sinks_changed:
         await _replace_sinks(aggregator, built, keep=changed.isdisjoint({"influxdb", "prometheus"}))
     for runner in aggregator.runners:
@@ -222,15 +229,12 @@ async def _replace_sinks(
     saved cursor: a sink is known by its name (its location), as its cursor file is.
     """
     wanted = {sink.name: sink for _url, sink in sinks}
-    running = {runner.sink.name: runner for runner in aggregator.runners}
+    runners = aggregator.runners
+    running = {runner.sink.name: runner for runner in runners}
     for name, runner in running.items():
         if name not in wanted or not keep:
-            await aggregator.stop_sink(runner)
+            await runners.stop(runner)
             log.info("sink %s stopped", name)
     for name, sink in wanted.items():
-        if keep and name in running:
-            continue
-        runner = aggregator.runner_for(sink)
-        aggregator.runners.append(runner)
-        aggregator.start_sink(runner)
-        log.info("sink %s started at record %d", name, runner.cursor)
+        if not (keep and name in running):
+            log.info("sink %s started at record %d", name, runners.add(sink).cursor)
