@@ -184,6 +184,7 @@ class Agent:
             report.jobs = []
 
     def _stamp(self, report: Report) -> None:
+        report.interval_s = self.interval  # the sampler's may predate a reload
         stats = report.agent
         stats.spool_reports = len(self.spool)
         stats.spool_bytes = self.spool.bytes
