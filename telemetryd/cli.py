@@ -174,11 +174,11 @@ def _serve(
     import asyncio
 
     from telemetryd.reload import Reloader
-    from telemetryd.service import run_until_signalled
+    from telemetryd.service import no_reload, run_until_signalled
 
     async def main() -> None:
         if reread is None:
-            await run_until_signalled(lambda stop: run(section, stop))
+            await run_until_signalled(lambda stop: run(section, stop), reload=no_reload)
             return
         reloader = Reloader(reread, role)
         await run_until_signalled(

@@ -3,8 +3,9 @@
 SIGTERM and SIGINT set the stop event, so services shut down through their own code path
 (flush, offline presence, close) instead of being torn down mid-write. A second signal
 while shutting down exits at once; so does a shutdown that overruns its deadline.
-SIGHUP calls the service's reload callback (telemetryd/reload.py); a service without one
-logs that it does not reload instead of dying, as SIGHUP's default action would make it.
+SIGHUP calls the service's reload callback (telemetryd/reload.py); a systemd service that
+cannot reload passes ``no_reload``, so ``systemctl reload`` logs that instead of killing it
+(SIGHUP's default action, kept for the demo: closing its terminal ends it).
 """
 
 from __future__ import annotations
@@ -46,19 +47,25 @@ async def run_until_signalled(
         loop.call_later(deadline_s, _overran, deadline_s)
 
     def on_hangup() -> None:
-        if reload is None:
-            log.warning("SIGHUP: this service does not reload; restart it to apply changes")
-        elif not stop.is_set():
+        if reload is not None and not stop.is_set():
             reload()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    signals = (signal.SIGTERM, signal.SIGINT, *((signal.SIGHUP,) if reload else ()))
+    for signum in signals:
+        if signum == signal.SIGHUP:
+            loop.add_signal_handler(signum, on_hangup)
+        else:
+            loop.add_signal_handler(signum, on_signal, signum)
     try:
         await main(stop)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+def no_reload() -> None:
+    """The SIGHUP answer of a service that cannot reload (the embedded broker)."""
+    log.warning("SIGHUP: this service does not reload; restart it to apply changes")
 
 
 def _overran(deadline_s: float) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from exporters.sqlite_reader import SqliteReader
+from tests.integration.mosquitto import free_port
 from tests.integration.pipeline import (
     Service,
     Witness,
@@ -280,3 +281,14 @@ def spooled(tmp: Path) -> set[tuple[str, str, int]]:
     """The (node, boot, seq) left in n1's spool: sent at the next start, not lost."""
     return {("n1", p.stem.split("-")[1], int(p.stem.split("-")[2]))
             for p in spool_files(tmp, "n1")}  # fmt: skip
+
+
+def test_embedded_broker_says_it_does_not_reload_and_keeps_running(tmp_path):
+    port = free_port()
+    broker = Service(["broker", "--listen", f"127.0.0.1:{port}"], _env({}), tmp_path / "b.log")
+    broker.start().wait_log("MQTT broker (amqtt) on")
+    hup(broker)
+    broker.wait_log("SIGHUP: this service does not reload; restart it to apply changes")
+    time.sleep(0.3)
+    assert broker.alive()
+    assert broker.stop() == 0, broker.tail()

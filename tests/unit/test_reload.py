@@ -18,13 +18,13 @@ from telemetryd.config import AgentConfig
 from telemetryd.errors import ConfigError
 from telemetryd.reload import Reloader, ReloadRefused, changed_keys, refuse_fixed, same_broker
 from telemetryd.secrets import Secret
-from telemetryd.service import run_until_signalled
+from telemetryd.service import no_reload, run_until_signalled
 from telemetryd.urls import parse_broker_url
 from tests.unit.test_alert_engine import HOT, T0, S, engine, feed, report, rules
 
 
 @pytest.mark.parametrize("with_reload", [False, True])
-def test_sighup_reloads_or_says_it_cannot_never_kills(with_reload, caplog) -> None:
+def test_sighup_reloads_or_says_it_cannot(with_reload, caplog) -> None:
     calls: list[str] = []
     seen: list[str] = []
 
@@ -33,7 +33,7 @@ def test_sighup_reloads_or_says_it_cannot_never_kills(with_reload, caplog) -> No
         await asyncio.sleep(0.1)
         seen.append("alive")
 
-    reload = (lambda: calls.append("reload")) if with_reload else None
+    reload = (lambda: calls.append("reload")) if with_reload else no_reload
     with caplog.at_level(logging.WARNING):
         asyncio.run(run_until_signalled(main, reload=reload))
     assert seen == ["alive"]
@@ -99,3 +99,20 @@ def test_rule_swap_keeps_kept_alerts_and_resolves_removed_ones() -> None:
     # GpuHot keeps firing (its resolve condition, temp_c < 80, is not met): no new page.
     assert feed(eng, fleet, report(1, temp_c=90.0)) == []
     assert [a.labels["alertname"] for a in eng.firing()] == ["GpuHot"]
+
+
+def test_without_a_reload_callback_sighup_keeps_its_default_action() -> None:
+    """The demo passes none: closing its terminal (SIGHUP) must still end it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, os, signal\n"
+        "from telemetryd.service import run_until_signalled\n"
+        "async def main(stop):\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    await asyncio.sleep(5)\n"
+        "asyncio.run(run_until_signalled(main))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)
+    assert done.returncode == -signal.SIGHUP
