@@ -13,6 +13,10 @@ With ``[agent.attribution] jobs`` the sampler's report also goes through the job
 accountant (telemetryd/jobacct.py) before it is spooled, so a job's ended record is as
 durable as the report carrying it; the accounts live in ``<state_dir>/jobs.json``.
 
+A reload (telemetryd/reload.py) swaps the sampler between two samples, retimes the next
+tick, and reconnects only when the broker settings changed; the spool, the queue, the
+boot id and the seq numbering go on.
+
 Delivery is at least once: a report published just before a crash is sent again, and the
 aggregator recognises it by (node, boot, seq).
 """
@@ -42,9 +46,10 @@ from telemetryd.model import (
     decode_report,
     encode_report,
 )
+from telemetryd.reload import AgentReload, Reloader
 from telemetryd.sampler import NodeSampler, open_sampler
 from telemetryd.sdnotify import Notifier, Supervisor, Watchdog
-from telemetryd.service import stopped_within
+from telemetryd.service import stopped_within, wait_any
 from telemetryd.spool import Entry, Spool, SpoolError, entry_name
 from telemetryd.topics import node_topic
 
@@ -107,6 +112,9 @@ class Agent:
         # Reports the disk refused (full, read-only): kept here, bounded, sent first.
         self._memory: deque[_Pending] = deque()
         self._gpus: list[GpuInventory] = []
+        self._sampling = asyncio.Lock()  # held while a sample is taken: reload waits for it
+        self._retimed = asyncio.Event()  # the interval changed: compute the next tick again
+        self._reconnect = asyncio.Event()  # the broker settings changed
         self.settings.will = Will(
             node_topic(self.cluster, self.node, "status"), self._status("offline", "lost")
         )
@@ -133,25 +141,16 @@ class Agent:
         seq = 0
         while not stop.is_set():
             tick = next_tick(self._clock(), self.interval)
-            if await stopped_within(stop, tick - self._clock()):
-                return
+            if await wait_any((stop, self._retimed), tick - self._clock()):
+                if stop.is_set():
+                    return
+                self._retimed.clear()
+                continue
             self._busy += 1
             work = self.watchdog.enter()
             try:
-                report = await self.sampler.sample(seq)
-                self._stamp(report)
-                if self.accountant is not None:
-                    await self._account(self.accountant, report)
-                if not self._gpus and report.gpus:
-                    self._gpus = [
-                        GpuInventory(
-                            index=g.index, uuid=g.uuid, name=g.name, pci_bus_id=g.pci_bus_id
-                        )
-                        for g in report.gpus
-                    ]
-                await self._spool(report)
-                if self.accountant is not None and report.jobs:
-                    await asyncio.to_thread(self.accountant.spooled)
+                async with self._sampling:
+                    await self._take(seq)
             finally:
                 self._busy -= 1
                 self.watchdog.leave(work)
@@ -161,6 +160,22 @@ class Agent:
                 missed = int(late // self.interval)
                 self.overruns += missed
                 log.warning("sample took %.1fs: skipped %d tick(s)", late, missed)
+
+    async def _take(self, seq: int) -> None:
+        """One report: sample, account, spool (under the lock a reload waits for)."""
+        report = await self.sampler.sample(seq)
+        self._stamp(report)
+        accountant = self.accountant
+        if accountant is not None:
+            await self._account(accountant, report)
+        if not self._gpus and report.gpus:
+            self._gpus = [
+                GpuInventory(index=g.index, uuid=g.uuid, name=g.name, pci_bus_id=g.pci_bus_id)
+                for g in report.gpus
+            ]
+        await self._spool(report)
+        if accountant is not None and report.jobs:
+            await asyncio.to_thread(accountant.spooled)
 
     async def _account(self, accountant: JobAccountant, report: Report) -> None:
         """Job records into the report (off the loop: it saves its state file).
@@ -174,6 +189,7 @@ class Agent:
             report.jobs = []
 
     def _stamp(self, report: Report) -> None:
+        report.interval_s = self.interval  # the sampler's may predate a reload
         stats = report.agent
         stats.spool_reports = len(self.spool)
         stats.spool_bytes = self.spool.bytes
@@ -256,6 +272,7 @@ class Agent:
             await asyncio.sleep(max(0.0, gap - (time.monotonic() - started)))
 
     async def _session(self, stop: asyncio.Event, backoff: Backoff) -> None:
+        self._reconnect.clear()
         async with MqttSession(self.settings) as session:
             backoff.reset()
             self.sessions += 1
@@ -275,10 +292,12 @@ class Agent:
                     live = group.create_task(self._live_loop(session), name="agent.live")
                     drain = group.create_task(self._backlog_loop(session, backlog),
                                               name="agent.backlog")  # fmt: skip
-                    await stop.wait()
+                    await wait_any((stop, self._reconnect), None)
                     drain.cancel()
                     await self._flush_live(live)
-                await session.publish(status, self._status("offline", "shutdown"), retain=True)
+                # Moving to another broker: the old one must not keep saying "online".
+                if stop.is_set() or session.settings.broker != self.settings.broker:
+                    await session.publish(status, self._status("offline", "shutdown"), retain=True)
             finally:
                 self.connected.clear()
 
@@ -301,7 +320,7 @@ class Agent:
             except* MqttUnavailable as group:
                 message = str(group.exceptions[0])
             if not message:
-                return
+                continue  # stopped (the loop ends), or the broker settings changed
             self.mqtt_error = message
             delay = backoff.next()
             log.warning("MQTT: %s; retrying in %.1fs", message, delay)
@@ -316,6 +335,37 @@ class Agent:
         why = f": {self.mqtt_error}" if self.mqtt_error else ""
         return f"connecting to {self.settings.broker}{why}; {counts}"
 
+    # -- reload ----------------------------------------------------------------------------
+    async def reload(
+        self,
+        *,
+        sampler: NodeSampler | None,
+        settings: MqttSettings | None,
+        interval: float,
+        backlog_rate: float,
+        accountant: JobAccountant | None,
+    ) -> None:
+        """Apply a new configuration between two samples (telemetryd/reload.py builds it).
+
+        ``sampler`` (when the sources changed) replaces the old one, which is closed, and
+        takes over its boot id so the seq numbering goes on; ``settings`` (when the broker
+        settings changed) make the publisher reconnect with them. Nothing queued is lost.
+        """
+        async with self._sampling:
+            if sampler is not None:
+                sampler.boot_id = self.sampler.boot_id
+                old, self.sampler = self.sampler, sampler
+                await asyncio.to_thread(old.close)
+            self.accountant = accountant
+        if interval != self.interval:
+            self.interval = interval
+            self._retimed.set()
+        self.backlog_rate = backlog_rate
+        if settings is not None:
+            settings.will = self.settings.will
+            self.settings = settings
+            self._reconnect.set()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Sample and publish until ``stop``; then announce offline and return."""
         async with asyncio.TaskGroup() as group:
@@ -324,9 +374,15 @@ class Agent:
 
 
 async def serve(
-    cfg: AgentConfig, stop: asyncio.Event, *, publish_timeout: float | None = None
+    cfg: AgentConfig,
+    stop: asyncio.Event,
+    *,
+    publish_timeout: float | None = None,
+    reloader: Reloader[AgentConfig] | None = None,
 ) -> None:
     """The whole agent: state directory, sources, spool, MQTT; returns after ``stop``.
+
+    ``reloader`` (SIGHUP under ``telemetryd agent``) re-reads the configuration on request.
 
     ``publish_timeout`` replaces the usual wait for a PUBACK (MqttSettings.timeout): the
     demo's stalled link (demo_link.py) holds an agent's reports longer than that, and the
@@ -336,15 +392,20 @@ async def serve(
     lock = statedir.StateLock(directory, "agent")
     lock.acquire()
     sampler = open_sampler(cfg)
+    agent: Agent | None = None
     try:
         spool = Spool(directory / "spool", max_bytes=cfg.spool_max_bytes,
                       max_age_s=cfg.spool_max_age)  # fmt: skip
         await asyncio.to_thread(spool.open)
-        settings = mqtt_settings(
-            cfg, client_id=f"telemetryd-agent-{sampler.cluster}-{sampler.node}"
-        )
-        if publish_timeout is not None:
-            settings.timeout = publish_timeout
+        client_id = f"telemetryd-agent-{sampler.cluster}-{sampler.node}"
+
+        def make_settings(cfg: AgentConfig) -> MqttSettings:
+            settings = mqtt_settings(cfg, client_id=client_id)
+            if publish_timeout is not None:
+                settings.timeout = publish_timeout
+            return settings
+
+        settings = make_settings(cfg)
         accountant = JobAccountant(directory / "jobs.json") if cfg.attribution.jobs else None
         agent = Agent(sampler, spool, settings, interval=cfg.interval,
                       backlog_rate=cfg.backlog_rate, accountant=accountant)  # fmt: skip
@@ -357,9 +418,14 @@ async def serve(
         agent.watchdog = notify.watchdog
         notify.start(stop)
         try:
-            await agent.run(stop)
+            async with asyncio.TaskGroup() as group:
+                if reloader is not None:
+                    reloader.on_start, reloader.on_done = notify.reloading, notify.reloaded
+                    apply = AgentReload(agent, cfg, directory, make_settings)
+                    group.create_task(reloader.run(stop, apply), name="agent.reload")
+                await agent.run(stop)
         finally:
             notify.close()
     finally:
-        sampler.close()
+        (agent.sampler if agent is not None else sampler).close()  # a reload may replace it
         lock.release()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -39,9 +40,10 @@ from telemetryd.ingest import Limits, Rejected, validate
 from telemetryd.jobs import JobTable
 from telemetryd.model import EventMessage, Report, Status
 from telemetryd.names import sanitize_hostname
+from telemetryd.reload import Reloader, reload_aggregator
 from telemetryd.sdnotify import Notifier, Supervisor, Watchdog
 from telemetryd.service import stopped_within
-from telemetryd.sinkrunner import Feed, SinkRunner, cursor_file
+from telemetryd.sinkrunner import Feed, SinkRunners
 from telemetryd.topics import fleet_event_topic, fleet_topic, request_cluster, subscriptions
 from telemetryd.urls import UrlError, parse_sink_url
 from telemetryd.wal import Wal, WalError
@@ -77,11 +79,10 @@ class Aggregator:
         self.deadletters = deadletters
         self.settings = settings
         self.feed = Feed(wal, keep=max(2048, 2 * cfg.batch_size))
-        self.runners = [
-            SinkRunner(sink, self.feed, cursor_file(wal.directory, sink.name), deadletters,
-                       batch_size=cfg.batch_size, retry_max=cfg.sink_retry_max)
-            for _url, sink in sinks
-        ]  # fmt: skip
+        self.runners = SinkRunners(self.feed, deadletters, batch_size=cfg.batch_size,
+                                   retry_max=cfg.sink_retry_max)  # fmt: skip
+        for _url, sink in sinks:
+            self.runners.add(sink)
         self.limits = Limits(cfg.max_payload_bytes, cfg.max_clock_skew, cfg.max_report_age)
         self.snapshot_path = directory / "fleet-state.json"
         self.snapshot_index = wal.first_index
@@ -410,9 +411,7 @@ class Aggregator:
         consumed = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as group:
-                for runner in self.runners:
-                    group.create_task(runner.run(consumed),
-                                      name=f"aggregator.sink.{runner.sink.name}")  # fmt: skip
+                self.runners.start(group, consumed)
                 group.create_task(self._consume_until(stop, consumed), name="aggregator.mqtt")
                 group.create_task(self._housekeeping(stop), name="aggregator.housekeeping")
                 if self.alerts is not None:
@@ -431,8 +430,16 @@ def make_sink(url: str, cfg: AggregatorConfig) -> Sink:
         raise ConfigError([f"aggregator.sinks: {exc}"]) from None
 
 
-async def serve(cfg: AggregatorConfig, stop: asyncio.Event) -> None:
-    """The whole aggregator: state directory, WAL, sinks, MQTT; returns after ``stop``."""
+async def serve(
+    cfg: AggregatorConfig,
+    stop: asyncio.Event,
+    *,
+    reloader: Reloader[AggregatorConfig] | None = None,
+) -> None:
+    """The whole aggregator: state directory, WAL, sinks, MQTT; returns after ``stop``.
+
+    ``reloader`` (SIGHUP under ``telemetryd aggregator``) re-reads the configuration.
+    """
     directory = statedir.resolve(cfg.state_dir)
     lock = statedir.StateLock(directory, "aggregator")
     lock.acquire()
@@ -480,7 +487,12 @@ async def serve(cfg: AggregatorConfig, stop: asyncio.Event) -> None:
             await asyncio.to_thread(aggregator.recover)
             aggregator.metrics = api.ready() if api is not None else None
             log.info("aggregator: sinks %s, WAL %s", ", ".join(urls), wal.directory)
-            await aggregator.run(stop)
+            async with asyncio.TaskGroup() as group:
+                if reloader is not None:
+                    reloader.on_start, reloader.on_done = notify.reloading, notify.reloaded
+                    apply = functools.partial(reload_aggregator, aggregator)
+                    group.create_task(reloader.run(stop, apply), name="aggregator.reload")
+                await aggregator.run(stop)
         finally:
             notify.close()
             wal.close()  # run() closes it too; this covers a failed start

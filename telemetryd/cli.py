@@ -7,7 +7,6 @@ for Ctrl-C; a traceback appears only with ``--debug``.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,11 +20,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="telemetryd: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from telemetryd import logsetup  # stderr as before; journald's format under systemd
+
+    logsetup.setup(level)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -170,12 +167,25 @@ def _common(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-def _serve(run: Callable[[Any, Any], Any], section: Any) -> None:
+def _serve(
+    run: Callable[..., Any], section: Any, reread: Callable[[], Any] | None = None, role: str = ""
+) -> None:
+    """Run a service; with ``reread`` (the same file and options again), SIGHUP reloads it."""
     import asyncio
 
-    from telemetryd.service import run_until_signalled
+    from telemetryd.reload import Reloader
+    from telemetryd.service import no_reload, run_until_signalled
 
-    asyncio.run(run_until_signalled(lambda stop: run(section, stop)))
+    async def main() -> None:
+        if reread is None:
+            await run_until_signalled(lambda stop: run(section, stop), reload=no_reload)
+            return
+        reloader = Reloader(reread, role)
+        await run_until_signalled(
+            lambda stop: run(section, stop, reloader=reloader), reload=reloader.request
+        )
+
+    asyncio.run(main())
 
 
 @cli.command()
@@ -197,15 +207,17 @@ def agent(
     from telemetryd import agent as agent_mod
     from telemetryd.configload import load
 
-    loaded = load(config_file, overrides=_overrides(**{
+    overrides = _overrides(**{
         "agent.broker": ("--broker", broker),
         "agent.state_dir": ("--state-dir", state_dir),
         "agent.node": ("--node", node),
         "agent.cluster": ("--cluster", cluster),
         "agent.interval": ("--interval", interval),
         "agent.gpu_backend": ("--gpu-backend", gpu_backend),
-    }))  # fmt: skip
-    _serve(agent_mod.serve, loaded.config.agent)
+    })  # fmt: skip
+    loaded = load(config_file, overrides=overrides)
+    reread = lambda: load(config_file, overrides=overrides).config.agent  # noqa: E731
+    _serve(agent_mod.serve, loaded.config.agent, reread, "agent")
 
 
 @cli.command()
@@ -240,14 +252,16 @@ def aggregator(
     from telemetryd import aggregator as aggregator_mod
     from telemetryd.configload import load
 
-    loaded = load(config_file, overrides=_overrides(**{
+    overrides = _overrides(**{
         "aggregator.broker": ("--broker", broker),
         "aggregator.state_dir": ("--state-dir", state_dir),
         "aggregator.sinks": ("--sink", list(sinks) or None),
         "aggregator.shared_group": ("--shared-group", shared_group),
         "aggregator.listen": ("--listen", listen),
-    }))  # fmt: skip
-    _serve(aggregator_mod.serve, loaded.config.aggregator)
+    })  # fmt: skip
+    loaded = load(config_file, overrides=overrides)
+    reread = lambda: load(config_file, overrides=overrides).config.aggregator  # noqa: E731
+    _serve(aggregator_mod.serve, loaded.config.aggregator, reread, "aggregator")
 
 
 @cli.command()

@@ -202,11 +202,13 @@ class Supervisor:
 
     def reloading(self) -> None:
         """A reload (SIGHUP) begins: systemd shows the unit as reloading until ``reloaded``."""
-        self.notifier.reloading()
+        if self.readied:  # before READY=1 systemd is still starting us: nothing to say
+            self.notifier.reloading()
 
-    def reloaded(self, outcome: str) -> None:
-        """The reload is over (applied or refused, ``outcome`` says which): READY=1 again."""
-        self.notifier.ready(f"{outcome}; {self._status()}" if self.readied else outcome)
+    def reloaded(self) -> None:
+        """The reload is over, applied or refused (the log says which): READY=1 again."""
+        if self.readied:
+            self.notifier.ready(self._status())
 
     def close(self) -> None:
         """The service is ending (stopped, or failed): STOPPING=1 if not said yet."""

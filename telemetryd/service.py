@@ -3,6 +3,9 @@
 SIGTERM and SIGINT set the stop event, so services shut down through their own code path
 (flush, offline presence, close) instead of being torn down mid-write. A second signal
 while shutting down exits at once; so does a shutdown that overruns its deadline.
+SIGHUP calls the service's reload callback (telemetryd/reload.py); a systemd service that
+cannot reload passes ``no_reload``, so ``systemctl reload`` logs that instead of killing it
+(SIGHUP's default action, kept for the demo: closing its terminal ends it).
 """
 
 from __future__ import annotations
@@ -17,9 +20,15 @@ log = logging.getLogger(__name__)
 
 
 async def run_until_signalled(
-    main: Callable[[asyncio.Event], Awaitable[None]], *, deadline_s: float = 5.0
+    main: Callable[[asyncio.Event], Awaitable[None]],
+    *,
+    deadline_s: float = 5.0,
+    reload: Callable[[], None] | None = None,
 ) -> None:
-    """Run ``main(stop)``; the first SIGTERM/SIGINT sets ``stop``, a second exits now."""
+    """Run ``main(stop)``; the first SIGTERM/SIGINT sets ``stop``, a second exits now.
+
+    SIGHUP calls ``reload`` (it only asks: the re-read happens in the service's own task).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     first_at: list[float] = []
@@ -37,13 +46,26 @@ async def run_until_signalled(
         stop.set()
         loop.call_later(deadline_s, _overran, deadline_s)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    def on_hangup() -> None:
+        if reload is not None and not stop.is_set():
+            reload()
+
+    signals = (signal.SIGTERM, signal.SIGINT, *((signal.SIGHUP,) if reload else ()))
+    for signum in signals:
+        if signum == signal.SIGHUP:
+            loop.add_signal_handler(signum, on_hangup)
+        else:
+            loop.add_signal_handler(signum, on_signal, signum)
     try:
         await main(stop)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+def no_reload() -> None:
+    """The SIGHUP answer of a service that cannot reload (the embedded broker)."""
+    log.warning("SIGHUP: this service does not reload; restart it to apply changes")
 
 
 def _overran(deadline_s: float) -> None:
@@ -58,3 +80,15 @@ async def stopped_within(stop: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def wait_any(events: tuple[asyncio.Event, ...], seconds: float | None) -> bool:
+    """Wait up to ``seconds`` (None: no limit) for any of ``events``; True when one is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    timeout = None if seconds is None else max(0.0, seconds)
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return bool(done)

@@ -233,3 +233,56 @@ class SinkRunner:
         self.cursor = items[-1][0] + 1
         await asyncio.to_thread(self._save_cursor)
         return True
+
+
+class SinkRunners(list[SinkRunner]):
+    """The aggregator's runners, each with its own stop, so a reload can add or remove one.
+
+    A list (callers read cursors and states from it) that also runs its members: ``start``
+    runs every runner in the aggregator's task group until its stop; ``add`` and
+    ``stop`` then start and stop single ones (telemetryd/reload.py).
+    """
+
+    def __init__(
+        self, feed: Feed, deadletters: DeadLetters, *, batch_size: int, retry_max: float
+    ) -> None:
+        super().__init__()
+        self.feed, self.deadletters = feed, deadletters
+        self.batch_size, self.retry_max = batch_size, retry_max
+        self._group: asyncio.TaskGroup | None = None
+        self._tasks: dict[int, tuple[asyncio.Event, asyncio.Task[None]]] = {}
+
+    def add(self, sink: Sink) -> SinkRunner:
+        """A runner for ``sink`` from the cursor saved under its name; started if running."""
+        runner = SinkRunner(sink, self.feed, cursor_file(self.feed.wal.directory, sink.name),
+                            self.deadletters, batch_size=self.batch_size,
+                            retry_max=self.retry_max)  # fmt: skip
+        self.append(runner)
+        if self._group is not None:
+            self._run(runner)
+        return runner
+
+    async def stop(self, runner: SinkRunner) -> None:
+        """Stop ``runner`` (it drains briefly and saves its cursor), then drop it."""
+        halt, task = self._tasks.pop(id(runner))
+        halt.set()
+        await asyncio.wait({task})
+        self.remove(runner)
+
+    def start(self, group: asyncio.TaskGroup, stop: asyncio.Event) -> None:
+        """Run every runner in ``group`` until ``stop``."""
+        self._group = group
+        for runner in self:
+            self._run(runner)
+        group.create_task(self._stop_all(stop), name="aggregator.sinks.stop")
+
+    def _run(self, runner: SinkRunner) -> None:
+        assert self._group is not None
+        halt = asyncio.Event()
+        name = f"aggregator.sink.{runner.sink.name}"
+        self._tasks[id(runner)] = (halt, self._group.create_task(runner.run(halt), name=name))
+
+    async def _stop_all(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        for halt, _task in self._tasks.values():
+            halt.set()

@@ -61,10 +61,8 @@ class Engine:
         external_url: str = "",
         name: str = "aggregator",
     ) -> None:
-        self.rules = {r.name: r for r in rules}
+        self.rules: dict[str, Rule] = {}
         self.scoped: dict[str, list[Rule]] = {}
-        for rule in rules:
-            self.scoped.setdefault(rule.scope, []).append(rule)
         self.fleet = fleet
         self.node_labels = node_labels or {}
         self.runbook_base = runbook_base
@@ -82,6 +80,7 @@ class Engine:
         self._changed: list[Alert] = []
         self.evaluations = 0
         self.jobs: JobTable | None = None  # the aggregator's live jobs, for job rules
+        self.set_rules(rules, 0)
 
     # -- inputs ----------------------------------------------------------------------------
     def on_report(self, report: Report, now_ns: int) -> None:
@@ -389,6 +388,21 @@ class Engine:
                                             runbook_base=self.runbook_base)  # fmt: skip
             pending.append(public)
         return pending
+
+    def set_rules(self, rules: list[Rule], now_ns: int) -> None:
+        """Swap the rules on reload; alerts of a removed rule resolve now.
+
+        Alerts of a kept rule keep their state and timers: the next evaluation applies its
+        new condition, so a threshold change neither re-pages nor restarts a ``for`` wait.
+        """
+        self.rules = {r.name: r for r in rules}
+        self.scoped = {}
+        for rule in rules:
+            self.scoped.setdefault(rule.scope, []).append(rule)
+        for alert in [a for a in self.active.values() if a.rule not in self.rules]:
+            self._resolve(alert, now_ns)
+            for fingerprints in self.by_gpu.values():
+                fingerprints.discard(alert.fingerprint)
 
     # -- persistence -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

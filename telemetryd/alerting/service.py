@@ -7,6 +7,11 @@ Each change goes two ways at once: to the dispatcher (routing, hooks) and to ret
 the firing alerts without any other API. Which fingerprints have a retained message is
 saved with the state, so one that resolved while the aggregator was down is cleared.
 Pending alerts and silences go out as one retained list per cluster (panel.py).
+
+On reload (telemetryd/reload.py) the rules swap in place, so alerts of rules that stay keep
+their timers and state, and the dispatcher is replaced as a restart would replace it: the
+old one stops and saves what each receiver was told, the new one (new routing and hooks)
+loads that and is fed the firing alerts, so nobody is paged twice nor forgotten.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +68,11 @@ class AlertService:
         self._stale: set[str] = set()  # retained topics to clear, whatever their cluster
         self._publishing = asyncio.Lock()
         self.notified = 0
+        self._halt = asyncio.Event()  # stops the running dispatcher (at stop or on reload)
+        # Builds the next dispatcher on reload, once the old one stopped and saved its log.
+        self._next: Callable[[Dispatcher], Dispatcher] | None = None
+        self._held: list[Alert] | None = None  # changes while dispatchers are swapped
+        self._swapped = asyncio.Event()
 
     # -- inputs (called inside the aggregator's commit) ------------------------------------
     def on_report(self, report: Report, now_ns: int) -> None:
@@ -89,7 +99,9 @@ class AlertService:
             log.info("alert %s %s %s", alert.status, alert.name,
                      ",".join(f"{k}={v}" for k, v in sorted(alert.labels.items())
                               if k not in ("alertname", "severity")))  # fmt: skip
-        if self.dispatcher is not None:
+        if self._held is not None:
+            self._held += changed
+        elif self.dispatcher is not None:
             self.dispatcher.update(changed)
 
     # -- retained state on MQTT ------------------------------------------------------------
@@ -142,16 +154,78 @@ class AlertService:
         """Tick the engine; run the dispatcher; return after ``stop``."""
         if self.dispatcher is not None:
             self.dispatcher.update(self.engine.firing())
-        try:
-            async with asyncio.TaskGroup() as group:
-                if self.dispatcher is not None:
-                    group.create_task(self.dispatcher.run(stop), name="alerts.dispatch")
-                while not await stopped_within(stop, self.cfg.evaluation_interval):
-                    self.engine.tick(time.time_ns(), values())
-                    self._drain()
-        finally:
+        async with asyncio.TaskGroup() as group:
             if self.dispatcher is not None:
-                await self.dispatcher.delivery.close()
+                group.create_task(self._dispatch(stop), name="alerts.dispatch")
+            while not await stopped_within(stop, self.cfg.evaluation_interval):
+                self.engine.tick(time.time_ns(), values())
+                self._drain()
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        """Run the dispatcher; on reload, stop it and run its replacement."""
+        while self.dispatcher is not None:
+            dispatcher, halt = self.dispatcher, self._halt
+            relay = asyncio.ensure_future(_relay(stop, halt))
+            try:
+                await dispatcher.run(halt)
+            finally:
+                relay.cancel()
+                await dispatcher.delivery.close()
+            if stop.is_set() or self._next is None:
+                return
+            self.dispatcher, self._halt = self._next(dispatcher), asyncio.Event()
+            self._next = None
+            self.dispatcher.update(self.engine.firing())
+            self.dispatcher.update(self._held or [])
+            self._held = None
+            self._swapped.set()
+
+    # -- reload ----------------------------------------------------------------------------
+    def prepare_reload(self, cfg: AlertsConfig) -> Callable[[], Awaitable[None]]:
+        """Build rules, routing and hooks from ``cfg`` (ConfigError refuses them all).
+
+        Returns what swaps them in. Rule files are read again even when the configuration
+        file did not change: editing a rule and reloading is the usual way to change one.
+        """
+        from exporters.hooks import make_hook
+        from telemetryd.alerting.routing import EMPTY, load_routing
+
+        rules = configured_rules(cfg)
+        routing = load_routing(Path(cfg.routing_file)) if cfg.routing_file else EMPTY
+        hooks = {n: make_hook(r) for n, r in routing.receivers.items()}
+
+        async def apply() -> None:
+            self.cfg = cfg
+            engine = self.engine
+            engine.node_labels = cfg.node_labels
+            engine.runbook_base, engine.external_url = cfg.runbook_base, cfg.external_url
+            engine.set_rules(rules, time.time_ns())
+            if self.panel is not None:
+                self.panel.accepts_requests = cfg.mqtt_silences
+            if self.dispatcher is None:
+                self._drain()
+                return
+            from telemetryd.alerting.delivery import Delivery
+            from telemetryd.alerting.dispatch import Dispatcher
+
+            def successor(old: Dispatcher) -> Dispatcher:
+                directory = old.log.path.parent
+                delivery = Delivery(hooks, directory, receivers=routing.receivers)
+                return Dispatcher(routing, delivery, directory, silences=old.silences,
+                                  external_url=cfg.external_url)  # fmt: skip
+
+            self._held = []
+            self._swapped.clear()
+            self._next = successor
+            self._drain()
+            self._halt.set()
+            try:
+                async with asyncio.timeout(10.0):
+                    await self._swapped.wait()
+            except TimeoutError:
+                log.warning("alerts: the new routing waits for the old dispatcher to stop")
+
+        return apply
 
     # -- persistence -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -162,6 +236,11 @@ class AlertService:
         """Load what ``snapshot`` saved."""
         self.engine.restore(data, time.time_ns())
         self.published = {str(t) for t in data.get("published", []) if "/_alerts/" in str(t)}
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
 
 
 def open_alerts(cfg: AlertsConfig, fleet: Fleet, directory: Path, *, name: str) -> AlertService:

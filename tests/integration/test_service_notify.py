@@ -72,6 +72,9 @@ def test_agent_ready_only_once_connected_then_stops_within_5s(
         ready = next(m for m in notify_socket.got if m.startswith("READY=1"))
         assert f"STATUS=connected to {broker.url}; " in ready
         wait_until(lambda: len(witness.seen()) >= 5, 10, "reports")
+        node.proc.send_signal(signal.SIGHUP)  # a reload: RELOADING=1, then READY=1 again
+        wait_until(lambda: notify_socket.lines("READY") == ["1", "1"], 10, "READY=1 again")
+        assert notify_socket.lines("RELOADING") == ["1"]
         took = _sigterm(node)
         print(f"\n[agent] exited {took:.2f} s after SIGTERM")
         assert took < 5.0
