@@ -110,7 +110,7 @@ class Watchdog:
         self.period_s = period_s or (usec / 2e6 if usec else None)
         self.pings = 0
         self.skipped = 0
-        self._open: dict[int, int] = {}  # token -> ping count when the work began
+        self._open: dict[int, int] = {}  # token -> ticks (pings + skipped) when it began
         self._next = 0
         self._progress = True
         self._stalled = False
