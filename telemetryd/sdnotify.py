@@ -171,6 +171,9 @@ class Watchdog:
             return
 
 
+EXTEND_FACTOR = 3  # each EXTEND_TIMEOUT_USEC covers three status periods
+
+
 class Supervisor:
     """READY, STATUS, STOPPING and the watchdog for one service, as one background task."""
 
@@ -243,7 +246,16 @@ class Supervisor:
                     self.readied = True
                     was_ready, last = ready, loop.time()
                 elif ready != was_ready or loop.time() - last >= self.every_s:
-                    self.notifier.status(self._status())
+                    if self.readied:
+                        self.notifier.status(self._status())
+                    else:
+                        # Still starting (broker or a sink unreachable): while we say so,
+                        # systemd waits past TimeoutStartSec= instead of killing a process
+                        # that is spooling or consuming into its WAL. The watchdog still
+                        # restarts one that hangs.
+                        extend = str(round(EXTEND_FACTOR * self.every_s * 1e6))
+                        self.notifier.send(STATUS=_line(self._status()),
+                                           EXTEND_TIMEOUT_USEC=extend)  # fmt: skip
                     was_ready, last = ready, loop.time()
             except Exception:  # a bug in a status line must not end the notifications
                 log.exception("systemd status")

@@ -199,7 +199,10 @@ def test_supervisor_ready_once_status_and_stopping(notify_socket):
         stop = asyncio.Event()
         notify.start(stop)
         await asyncio.sleep(0.5)
-        assert "READY" not in "".join(notify_socket.drain())
+        starting = notify_socket.drain()
+        assert "READY" not in "".join(starting)
+        # while starting, each status extends systemd's start timeout by three periods
+        assert starting and all("EXTEND_TIMEOUT_USEC=900000" in m for m in starting)
         state["ready"] = True
         await asyncio.sleep(1.0)
         stop.set()
@@ -216,6 +219,7 @@ def test_supervisor_ready_once_status_and_stopping(notify_socket):
     assert statuses[-1] == "stopping"
     assert 4 <= len(statuses) <= 10  # before ready, at ready, every 0.3 s, stopping
     assert notify_socket.lines("STOPPING") == ["1"]  # once, whoever noticed first
+    assert not any("EXTEND_TIMEOUT_USEC" in m for m in messages[ready[0]:])  # ready: no more
 
 
 def test_supervisor_outside_systemd_does_nothing():
