@@ -219,7 +219,7 @@ def test_supervisor_ready_once_status_and_stopping(notify_socket):
     assert statuses[-1] == "stopping"
     assert 4 <= len(statuses) <= 10  # before ready, at ready, every 0.3 s, stopping
     assert notify_socket.lines("STOPPING") == ["1"]  # once, whoever noticed first
-    assert not any("EXTEND_TIMEOUT_USEC" in m for m in messages[ready[0]:])  # ready: no more
+    assert not any("EXTEND_TIMEOUT_USEC" in m for m in messages[ready[0] :])  # ready: no more
 
 
 def test_supervisor_outside_systemd_does_nothing():
