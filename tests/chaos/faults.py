@@ -1,0 +1,81 @@
+"""Helpers for the fault-injection tests: how many times, and the accounting at the end.
+
+The processes, the witness and the loss checks are the integration tests' own
+(tests/integration/pipeline.py, test_pipeline.py); this adds only what repeating a fault
+many times needs: the number of rounds (short in CI, long with ``TELEMETRYD_CHAOS=full``),
+a seeded random source whose seed is printed, the duplicate count from SQLite, and one
+printed line per test (``[chaos] ...``) that /work/notes/rel-chaos.md's table is made from.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.chaos.conftest import size as rounds
+from tests.integration.pipeline import Key, by_boot, holes
+
+__all__ = ["Tally", "duplicates", "last_agent_counter", "rounds", "seeded"]
+
+
+def seeded(name: str) -> random.Random:
+    """A random source fixed by ``TELEMETRYD_CHAOS_SEED`` (default 9) so a failure replays."""
+    seed = int(os.environ.get("TELEMETRYD_CHAOS_SEED", "9"))
+    print(f"\n[chaos] {name}: seed {seed}")
+    return random.Random(f"{name}:{seed}")  # noqa: S311 - not cryptography
+
+
+def duplicates(tmp: Path) -> int:
+    """Reports stored more than once: rows of the agent table minus distinct keys."""
+    db = sqlite3.connect(tmp / "aggregator" / "telemetry.db")
+    try:
+        (rows, distinct) = db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT node || '/' || boot_id || '/' || seq) FROM agent"
+        ).fetchone()
+    finally:
+        db.close()
+    return int(rows) - int(distinct)
+
+
+def last_agent_counter(tmp: Path, node: str, column: str) -> int:
+    """The newest stored value of an agent counter (dropped, spool_errors, ...)."""
+    db = sqlite3.connect(tmp / "aggregator" / "telemetry.db")
+    try:
+        row = db.execute(
+            f"SELECT {column} FROM agent WHERE node=? ORDER BY time_ns DESC LIMIT 1",  # noqa: S608
+            (node,),
+        ).fetchone()
+    finally:
+        db.close()
+    return int(row[0] or 0) if row else 0
+
+
+@dataclass
+class Tally:
+    """What one fault test measured, printed as one ``[chaos]`` line."""
+
+    fault: str
+    runs: int = 0
+    recoveries: list[float] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def recovered(self, since: float) -> None:
+        """Record the seconds from ``since`` (monotonic) to now."""
+        self.recoveries.append(time.monotonic() - since)
+
+    def report(self, keys: set[Key], delivered: set[Key], dups: int) -> dict[str, int]:
+        """Print and return lost (delivered, not stored), holes (never delivered), dups."""
+        lost = len(delivered - keys)
+        gaps = sum(holes(s) for s in by_boot(keys).values())
+        rec = (f"max {max(self.recoveries):.1f} s, mean "
+               f"{sum(self.recoveries) / len(self.recoveries):.1f} s"
+               if self.recoveries else "-")  # fmt: skip
+        print(
+            f"\n[chaos] {self.fault}: runs {self.runs}, stored {len(keys)}, lost {lost}, "
+            f"holes {gaps}, duplicates {dups}, recovery {rec}, counters {self.counters}"
+        )
+        return {"lost": lost, "holes": gaps, "duplicates": dups}
