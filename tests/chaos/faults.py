@@ -26,7 +26,7 @@ def seeded(name: str) -> random.Random:
     """A random source fixed by ``TELEMETRYD_CHAOS_SEED`` (default 9) so a failure replays."""
     seed = int(os.environ.get("TELEMETRYD_CHAOS_SEED", "9"))
     print(f"\n[chaos] {name}: seed {seed}")
-    return random.Random(f"{name}:{seed}")  # noqa: S311 - not cryptography
+    return random.Random(f"{name}:{seed}")
 
 
 def duplicates(tmp: Path) -> int:
@@ -46,7 +46,7 @@ def last_agent_counter(tmp: Path, node: str, column: str) -> int:
     db = sqlite3.connect(tmp / "aggregator" / "telemetry.db")
     try:
         row = db.execute(
-            f"SELECT {column} FROM agent WHERE node=? ORDER BY time_ns DESC LIMIT 1",  # noqa: S608
+            f"SELECT {column} FROM agent WHERE node=? ORDER BY time_ns DESC LIMIT 1",
             (node,),
         ).fetchone()
     finally:
