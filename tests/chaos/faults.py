@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.chaos.conftest import size as rounds
 from tests.integration.pipeline import Key, by_boot, holes
 
-__all__ = ["Tally", "duplicates", "last_agent_counter", "rounds", "seeded"]
+__all__ = ["Tally", "duplicates", "rounds", "seeded"]
 
 
 def seeded(name: str) -> random.Random:
@@ -39,19 +39,6 @@ def duplicates(tmp: Path) -> int:
     finally:
         db.close()
     return int(rows) - int(distinct)
-
-
-def last_agent_counter(tmp: Path, node: str, column: str) -> int:
-    """The newest stored value of an agent counter (dropped, spool_errors, ...)."""
-    db = sqlite3.connect(tmp / "aggregator" / "telemetry.db")
-    try:
-        row = db.execute(
-            f"SELECT {column} FROM agent WHERE node=? ORDER BY time_ns DESC LIMIT 1",
-            (node,),
-        ).fetchone()
-    finally:
-        db.close()
-    return int(row[0] or 0) if row else 0
 
 
 @dataclass
