@@ -40,7 +40,10 @@ def test_wall_clock_steps_lose_only_what_the_skew_bound_refuses(tmp_path, mosqui
     time.sleep(1.5)
     steps = []
     for _ in range(tally.runs):  # within the bounds: nothing may be lost
-        who, by = random.choice(sorted(clocks)), round(random.uniform(-120, 120), 1)
+        # To an offset within +-120 s of true time: the two clocks stay < 300 s apart (a
+        # random walk of steps would wander past the bound in a long run).
+        who = random.choice(sorted(clocks))
+        by = round(random.uniform(-120, 120) - clocks[who].offset, 1)
         clocks[who].step(by)
         steps.append((who, by))
         count = len(stored(tmp_path))
