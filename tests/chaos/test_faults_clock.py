@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 def test_wall_clock_steps_lose_only_what_the_skew_bound_refuses(tmp_path, mosquitto, witness):  # noqa: F811
     random = seeded("clock-step")
-    tally = Tally("wall clock steps (agent, aggregator)", runs=rounds(4, 40))
+    tally = Tally("wall clock steps (agent, aggregator)", runs=rounds(2, 40))
     clocks = {
         "aggregator": SteppedClock(tmp_path, "aggregator"),
         "n0": SteppedClock(tmp_path, "n0"),
