@@ -1,0 +1,1 @@
+"""Fuzzing and fault injection (docs/RELIABILITY.md)."""
