@@ -117,32 +117,38 @@ def documents(draw: st.DrawFn) -> tuple[str, set[str]]:
     return "\n".join(lines) + "\n", set(chosen)
 
 
+def problems(path: str | None, env: dict[str, str]) -> list[str]:
+    """The problems ConfigError lists, or [] when the configuration loads."""
+    try:
+        load(path, env=env)
+    except ConfigError as exc:
+        found = exc.problems
+    else:
+        return []
+    assert found, "a ConfigError without problems"
+    return found
+
+
 @FUZZ
 @given(documents())
 def test_generated_toml(doc: tuple[str, set[str]]) -> None:
     text, chosen = doc
     PATH.write_text(text, encoding="utf-8")
-    try:
-        load(str(PATH), env={})
-    except ConfigError as exc:
-        assert exc.problems
-        for problem in exc.problems:
-            # Every problem starts with the file, and with its line when the file sets the key.
-            assert problem.startswith(f"{PATH}"), problem
-            where, _, rest = problem.partition(": ")
-            key = rest.split(":", 1)[0]
-            if key in chosen:
-                assert re.fullmatch(rf"{re.escape(str(PATH))}:\d+", where), problem
+    for problem in problems(str(PATH), {}):
+        # Every problem starts with the file, and with its line when the file sets the key.
+        assert problem.startswith(f"{PATH}"), problem
+        where, _, rest = problem.partition(": ")
+        key = rest.split(":", 1)[0]
+        if key in chosen:
+            assert re.fullmatch(rf"{re.escape(str(PATH))}:\d+", where), problem
 
 
 @FUZZ
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_as_config(data: bytes) -> None:
     PATH.write_bytes(data)
-    try:
-        load(str(PATH), env={})
-    except ConfigError as exc:
-        assert all(p.startswith(f"{PATH}") for p in exc.problems), exc.problems
+    found = problems(str(PATH), {})
+    assert all(p.startswith(f"{PATH}") for p in found), found
 
 
 @FUZZ
@@ -152,14 +158,10 @@ def test_generated_environment(values: dict[str, str]) -> None:
     from telemetryd.configload import env_name
 
     env = {env_name(k): v for k, v in values.items()}
-    try:
-        load(None, env=env)
-    except ConfigError as exc:
-        assert exc.problems
-        for problem in exc.problems:
-            assert problem.startswith(("environment TELEMETRYD_", "defaults")) or any(
-                k in problem for k in values
-            ), problem
+    for problem in problems(None, env):
+        assert problem.startswith(("environment TELEMETRYD_", "defaults")) or any(
+            k in problem for k in values
+        ), problem
 
 
 def teardown_module() -> None:

@@ -137,6 +137,8 @@ def test_listen_addresses(value: str) -> None:
     try:
         host, port = parse_listen(value)
     except UrlError as exc:
-        assert "expected HOST:PORT" in str(exc)
+        message = str(exc)
     else:
         assert host and 0 < port < 65536
+        return
+    assert "expected HOST:PORT" in message
