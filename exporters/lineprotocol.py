@@ -99,7 +99,8 @@ def field_key(name: str) -> str:
 
     InfluxDB refuses the key ``time`` and reserves keys starting with ``_`` (2.x and 3
     use ``_field``, ``_value``...): those get a trailing or leading ``x`` instead of being
-    refused, so one odd plugin metric cannot make a whole line fail.
+    refused, so one odd plugin metric cannot make a whole line fail. A name that escapes to
+    "" (empty, or only backslashes) gives "": the caller leaves that field out and counts it.
     """
     if name == "time" or name.startswith("_"):
         name = "x" + name if name.startswith("_") else name + "_"
@@ -323,7 +324,13 @@ class Encoder:
                 where += f"{tag('label', s.label)},{node}"
                 lines.append(f"{kind},{where} {','.join(fields)}{t}")
         for plugin, metrics in sorted((h.extra or {}).items()):
-            fields = [f"{field_key(k)}={float(v)!r}" for k, v in metrics.items() if isfinite(v)]
+            # A metric whose key is empty once escaped ("" or only backslashes) would make
+            # InfluxDB refuse the whole line: it is left out and counted, like a non-finite value.
+            fields = [
+                f"{key}={float(v)!r}"
+                for k, v in metrics.items()
+                if isfinite(v) and (key := field_key(k))
+            ]
             self.fields_dropped += len(metrics) - len(fields)
             if fields:
                 lines.append(f"host_plugin,{base},{node}{tag('plugin', plugin)} "
