@@ -52,7 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Generator[InfluxDB, None
 
 
 def as_read(text: str) -> str:
-    """A key or tag value as InfluxDB gives it back (lineprotocol.escape_key's documented changes)."""
+    """A key or tag value as read back (lineprotocol.escape_key's documented changes)."""
     return text.rstrip("\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
