@@ -30,6 +30,7 @@ there); string field values escape double quote and backslash.
 from __future__ import annotations
 
 import functools
+import re
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from math import isfinite
@@ -62,6 +63,9 @@ _MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\n", "\r": "\\r", 
 _KEY = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
+_BACKSLASH_BEFORE_ESCAPE = re.compile(r"\\+(?=[,= \n\r\t]|\Z)")
+
+
 def escape_measurement(name: str) -> str:
     """A measurement name as line protocol writes it."""
     return name.translate(_MEASUREMENT)
@@ -69,13 +73,16 @@ def escape_measurement(name: str) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def escape_key(text: str) -> str:
-    """A tag key, tag value or field key as line protocol writes it.
+    r"""A tag key, tag value or field key as line protocol writes it.
 
     Cached: the same node names, models and UUIDs come back every interval. Line protocol
     cannot end a key or tag value with a backslash (InfluxDB reads it as escaping the
-    separator after it and refuses the line), so trailing backslashes are left out.
+    separator after it and refuses the line), and a backslash before a character we escape
+    (``a\,b`` written ``a\\,b``) makes InfluxDB read an escaped backslash and then a bare
+    separator: such backslashes (trailing, or before a comma, ``=``, space, tab, CR or
+    newline) are left out. Found by tests/chaos/test_fuzz_lineprotocol.py.
     """
-    return text.rstrip("\\").translate(_KEY)
+    return _BACKSLASH_BEFORE_ESCAPE.sub("", text).translate(_KEY)
 
 
 def escape_string(text: str) -> str:

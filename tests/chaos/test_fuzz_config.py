@@ -24,7 +24,7 @@ from telemetryd.errors import ConfigError
 from tests.chaos.conftest import size
 
 FUZZ = settings(
-    max_examples=size(300, 20_000),
+    max_examples=size(300, 5_000),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     database=None,

@@ -27,7 +27,7 @@ DOC: dict[str, Any] = json.loads(VALID)
 NOW_NS = DOC["time_ns"]
 
 FUZZ = settings(
-    max_examples=size(300, 25_000),
+    max_examples=size(300, 12_000),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,

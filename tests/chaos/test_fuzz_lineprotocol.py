@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Generator
 from typing import Any
 
@@ -32,7 +33,7 @@ DB = "fuzz"
 BASE = decode_report(sampled())
 CLUSTERS = itertools.count()
 FUZZ = settings(
-    max_examples=size(100, 5_000),
+    max_examples=size(100, 2_000),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     database=None,
@@ -53,7 +54,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Generator[InfluxDB, None
 
 def as_read(text: str) -> str:
     """A key or tag value as read back (lineprotocol.escape_key's documented changes)."""
-    return text.rstrip("\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    text = re.sub(r"\\+(?=[,= \n\r\t]|\Z)", "", text)
+    return text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
 free_text = st.text(
@@ -79,6 +81,9 @@ floats = st.floats(0, 100_000) | st.sampled_from([math.inf, -math.inf, math.nan,
 # Found by this test: a plugin metric named "" (or "\\") made InfluxDB refuse the whole line.
 @example(model="", uuid="", message="", power=0.0, energy=0, plugin="",
          metrics={"": 0.0, "\\": 1.0, "ok": 2.0})  # fmt: skip
+# Found by this test: a backslash before an escaped comma ("a\\,b") broke the line.
+@example(model="a\\,b", uuid="u\\ v", message="", power=0.0, energy=0, plugin="p\\=q",
+         metrics={"\\,": 0.0, "k\\\n": 1.0})  # fmt: skip
 def test_generated_reports_round_trip(
     server: InfluxDB, model: str, uuid: str, message: str, power: float, energy: int,
     plugin: str, metrics: dict[str, float],

@@ -16,7 +16,7 @@ from telemetryd.urls import UrlError, parse_broker_url, parse_listen, parse_sink
 from tests.chaos.conftest import size
 
 FUZZ = settings(
-    max_examples=size(300, 10_000),
+    max_examples=size(300, 3_000),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     database=None,
