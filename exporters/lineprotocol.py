@@ -63,7 +63,7 @@ _MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\n", "\r": "\\r", 
 _KEY = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
-_BACKSLASH_BEFORE_ESCAPE = re.compile(r"\\+(?=[,= \n\r\t]|\Z)")
+_BACKSLASH_BEFORE_ESCAPE = re.compile(r"\\+(?=[,= \n\r\t])")
 
 
 def escape_measurement(name: str) -> str:
@@ -73,16 +73,13 @@ def escape_measurement(name: str) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def escape_key(text: str) -> str:
-    r"""A tag key, tag value or field key as line protocol writes it.
+    """A tag key, tag value or field key as line protocol writes it.
 
     Cached: the same node names, models and UUIDs come back every interval. Line protocol
     cannot end a key or tag value with a backslash (InfluxDB reads it as escaping the
-    separator after it and refuses the line), and a backslash before a character we escape
-    (``a\,b`` written ``a\\,b``) makes InfluxDB read an escaped backslash and then a bare
-    separator: such backslashes (trailing, or before a comma, ``=``, space, tab, CR or
-    newline) are left out. Found by tests/chaos/test_fuzz_lineprotocol.py.
+    separator after it and refuses the line), so trailing backslashes are left out.
     """
-    return _BACKSLASH_BEFORE_ESCAPE.sub("", text).translate(_KEY)
+    return text.rstrip("\\").translate(_KEY)
 
 
 def escape_string(text: str) -> str:
@@ -102,16 +99,20 @@ def tag(key: str, value: str | None) -> str:
 
 
 def field_key(name: str) -> str:
-    """A field key from a name we do not choose (a collector plugin's metric).
+    r"""A field key from a name we do not choose (a collector plugin's metric).
 
     InfluxDB refuses the key ``time`` and reserves keys starting with ``_`` (2.x and 3
     use ``_field``, ``_value``...): those get a trailing or leading ``x`` instead of being
-    refused, so one odd plugin metric cannot make a whole line fail. A name that escapes to
-    "" (empty, or only backslashes) gives "": the caller leaves that field out and counts it.
+    refused, so one odd plugin metric cannot make a whole line fail. InfluxDB 1.x reads a
+    field key (unlike a tag value) with ``\\`` as an escaped backslash, so ``k\,`` written
+    ``k\\,`` ends the key early and the line is refused: a backslash before a character
+    that gets escaped is left out (found by tests/chaos/test_fuzz_lineprotocol.py). A name
+    that escapes to "" (empty, or only backslashes) gives "": the caller leaves that field
+    out and counts it.
     """
     if name == "time" or name.startswith("_"):
         name = "x" + name if name.startswith("_") else name + "_"
-    return escape_key(name)
+    return escape_key(_BACKSLASH_BEFORE_ESCAPE.sub("", name))
 
 
 Add = Callable[[Any, list[str]], int]
