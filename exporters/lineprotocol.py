@@ -63,7 +63,7 @@ _MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\n", "\r": "\\r", 
 _KEY = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
-_BACKSLASH_BEFORE_ESCAPE = re.compile(r"\\+(?=[,= \n\r\t])")
+_BACKSLASH_BEFORE_ESCAPE = re.compile(r"\\+(?=[,= \n\r\t]|\Z)")
 
 
 def escape_measurement(name: str) -> str:
@@ -73,13 +73,18 @@ def escape_measurement(name: str) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def escape_key(text: str) -> str:
-    """A tag key, tag value or field key as line protocol writes it.
+    r"""A tag key, tag value or field key as line protocol writes it.
 
     Cached: the same node names, models and UUIDs come back every interval. Line protocol
     cannot end a key or tag value with a backslash (InfluxDB reads it as escaping the
-    separator after it and refuses the line), so trailing backslashes are left out.
+    separator after it and refuses the line), and InfluxDB 1.x's parsers misread a
+    backslash written before an escaped character (``a\,`` written ``a\\,``): a field key
+    ``k\,0`` is "invalid field format", a last tag ``\ \,`` with a newline in a string
+    field "unbalanced quotes", tags ``\ 0`` and ``\,0`` "point is invalid" (found by
+    tests/chaos/test_fuzz_lineprotocol.py). So backslashes at the end or before a comma,
+    ``=``, space, tab, CR or newline are left out; other backslashes are kept.
     """
-    return text.rstrip("\\").translate(_KEY)
+    return _BACKSLASH_BEFORE_ESCAPE.sub("", text).translate(_KEY)
 
 
 def escape_string(text: str) -> str:
@@ -103,16 +108,13 @@ def field_key(name: str) -> str:
 
     InfluxDB refuses the key ``time`` and reserves keys starting with ``_`` (2.x and 3
     use ``_field``, ``_value``...): those get a trailing or leading ``x`` instead of being
-    refused, so one odd plugin metric cannot make a whole line fail. InfluxDB 1.x reads a
-    field key (unlike a tag value) with ``\\`` as an escaped backslash, so ``k\,`` written
-    ``k\\,`` ends the key early and the line is refused: a backslash before a character
-    that gets escaped is left out (found by tests/chaos/test_fuzz_lineprotocol.py). A name
-    that escapes to "" (empty, or only backslashes) gives "": the caller leaves that field
-    out and counts it.
+    refused, so one odd plugin metric cannot make a whole line fail. A name that escapes
+    to "" (empty, or only backslashes) gives "": the caller leaves that field out and
+    counts it.
     """
     if name == "time" or name.startswith("_"):
         name = "x" + name if name.startswith("_") else name + "_"
-    return escape_key(_BACKSLASH_BEFORE_ESCAPE.sub("", name))
+    return escape_key(name)
 
 
 Add = Callable[[Any, list[str]], int]
