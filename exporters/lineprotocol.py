@@ -30,6 +30,7 @@ there); string field values escape double quote and backslash.
 from __future__ import annotations
 
 import functools
+import re
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from math import isfinite
@@ -62,6 +63,9 @@ _MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\n", "\r": "\\r", 
 _KEY = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 
 
+_BACKSLASH_BEFORE_ESCAPE = re.compile(r"\\+(?=[,= \n\r\t]|\Z)")
+
+
 def escape_measurement(name: str) -> str:
     """A measurement name as line protocol writes it."""
     return name.translate(_MEASUREMENT)
@@ -69,13 +73,18 @@ def escape_measurement(name: str) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def escape_key(text: str) -> str:
-    """A tag key, tag value or field key as line protocol writes it.
+    r"""A tag key, tag value or field key as line protocol writes it.
 
     Cached: the same node names, models and UUIDs come back every interval. Line protocol
     cannot end a key or tag value with a backslash (InfluxDB reads it as escaping the
-    separator after it and refuses the line), so trailing backslashes are left out.
+    separator after it and refuses the line), and InfluxDB 1.x's parsers misread a
+    backslash written before an escaped character (``a\,`` written ``a\\,``): a field key
+    ``k\,0`` is "invalid field format", a last tag ``\ \,`` with a newline in a string
+    field "unbalanced quotes", tags ``\ 0`` and ``\,0`` "point is invalid" (found by
+    tests/chaos/test_fuzz_lineprotocol.py). So backslashes at the end or before a comma,
+    ``=``, space, tab, CR or newline are left out; other backslashes are kept.
     """
-    return text.rstrip("\\").translate(_KEY)
+    return _BACKSLASH_BEFORE_ESCAPE.sub("", text).translate(_KEY)
 
 
 def escape_string(text: str) -> str:
@@ -95,11 +104,13 @@ def tag(key: str, value: str | None) -> str:
 
 
 def field_key(name: str) -> str:
-    """A field key from a name we do not choose (a collector plugin's metric).
+    r"""A field key from a name we do not choose (a collector plugin's metric).
 
     InfluxDB refuses the key ``time`` and reserves keys starting with ``_`` (2.x and 3
     use ``_field``, ``_value``...): those get a trailing or leading ``x`` instead of being
-    refused, so one odd plugin metric cannot make a whole line fail.
+    refused, so one odd plugin metric cannot make a whole line fail. A name that escapes
+    to "" (empty, or only backslashes) gives "": the caller leaves that field out and
+    counts it.
     """
     if name == "time" or name.startswith("_"):
         name = "x" + name if name.startswith("_") else name + "_"
@@ -323,7 +334,13 @@ class Encoder:
                 where += f"{tag('label', s.label)},{node}"
                 lines.append(f"{kind},{where} {','.join(fields)}{t}")
         for plugin, metrics in sorted((h.extra or {}).items()):
-            fields = [f"{field_key(k)}={float(v)!r}" for k, v in metrics.items() if isfinite(v)]
+            # A metric whose key is empty once escaped ("" or only backslashes) would make
+            # InfluxDB refuse the whole line: it is left out and counted, like a non-finite value.
+            fields = [
+                f"{key}={float(v)!r}"
+                for k, v in metrics.items()
+                if isfinite(v) and (key := field_key(k))
+            ]
             self.fields_dropped += len(metrics) - len(fields)
             if fields:
                 lines.append(f"host_plugin,{base},{node}{tag('plugin', plugin)} "

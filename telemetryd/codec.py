@@ -59,15 +59,17 @@ def describe(exc: msgspec.ValidationError | msgspec.DecodeError) -> tuple[str, s
     if m:
         path = m.group("path").lstrip(".")
         text = text[: m.start()]
-    text = text.replace("`", "")
-    missing = re.fullmatch(r"Object missing required field (\S+)", text)
+    # Matched before the backticks go: a key may hold spaces (found by fuzzing: the key
+    # " chema" left the path empty).
+    missing = re.fullmatch(r"Object missing required field `(.*)`", text, re.DOTALL)
     if missing:
         path = f"{path}.{missing.group(1)}" if path else missing.group(1)
         text = "missing required field"
-    unknown = re.fullmatch(r"Object contains unknown field (\S+)", text)
+    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", text, re.DOTALL)
     if unknown:
         path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
         text = "unknown field"
+    text = text.replace("`", "")
     if text[:1].isupper() and not text[:4].isupper():
         text = text[0].lower() + text[1:]
     return path, text

@@ -115,12 +115,27 @@ def _check_value(value: Any, tp: Any) -> tuple[Any, str | None]:
             choices = ", ".join(repr(a) for a in allowed)
             return None, f"expected one of {choices}{_describe_value(value)}"
         return value, None
+    if _has_nul(value):
+        # No setting can hold one, and a path with one makes os.stat raise ValueError in the
+        # semantic checks (found by tests/chaos/test_fuzz_config.py).
+        return None, "contains a NUL character (\\x00)"
     try:
         return convert(value, tp), None
     except DecodeError as exc:
         where = f" at {exc.path}" if exc.path else ""
         problem = exc.problem.replace("object", "table").replace("`str`", "string")
         return None, f"{problem}{where}{_describe_value(value)}"
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` (a TOML value: lists, tables) holds a NUL."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
 
 
 def _validate(

@@ -64,14 +64,15 @@ def redact(url: str) -> str:
     return re.sub(r"([?&](?:token|password)=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
-def _split(url: str) -> SplitResult:
+def _split(url: str, form: str) -> SplitResult:
+    """Split ``url``; a URL that does not parse says which form was expected (``form``)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - parsing the port is what raises
     except ValueError as exc:
         if "port" in str(exc).lower():
             raise UrlError(f"{redact(url)!r}: the port is not a number from 1 to 65535") from None
-        raise UrlError(f"{redact(url)!r}: not a valid URL ({exc})") from None
+        raise UrlError(f"{redact(url)!r}: not a valid URL ({exc}); expected {form}") from None
     return parts
 
 
@@ -85,7 +86,7 @@ def _port(parts: SplitResult, url: str, default: int) -> int:
 
 def parse_broker_url(url: str) -> BrokerUrl:
     """Parse ``mqtt://`` / ``mqtts://`` URLs; raise UrlError naming the expected form."""
-    parts = _split(url)
+    parts = _split(url, BROKER_FORM)
     if parts.scheme not in ("mqtt", "mqtts"):
         raise UrlError(f"{redact(url)!r}: scheme must be mqtt or mqtts; expected {BROKER_FORM}")
     if parts.password is not None:
@@ -118,7 +119,7 @@ def _known_options(url: str, query: dict[str, str], known: tuple[str, ...]) -> N
 
 def parse_sink_url(url: str) -> SinkUrl:
     """Parse a sink URL (sqlite, influxdb2, influxdb 1.x); raise UrlError naming the forms."""
-    parts = _split(url)
+    parts = _split(url, SINK_FORMS)
     query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
     if parts.password is not None or "token" in query or "password" in query:
         raise UrlError(
