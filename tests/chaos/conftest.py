@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# The integration tests' fixtures, for every fault test here: real Mosquitto, the witness.
+from tests.integration.conftest import mosquitto, mosquitto_factory  # noqa: F401
+from tests.integration.test_pipeline import witness  # noqa: F401
+
 FULL = os.environ.get("TELEMETRYD_CHAOS", "short") == "full"
 
 

@@ -17,7 +17,6 @@ import time
 import pytest
 
 from tests.chaos.faults import Tally, duplicates, rounds, seeded
-from tests.integration.conftest import mosquitto, mosquitto_factory  # noqa: F401 - fixtures
 from tests.integration.pipeline import (
     agent,
     aggregator,
@@ -26,12 +25,11 @@ from tests.integration.pipeline import (
     stored,
     wait_until,
 )
-from tests.integration.test_pipeline import witness  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 
 
-def test_broker_sigkilled_and_restarted_repeatedly(tmp_path, mosquitto, witness):  # noqa: F811
+def test_broker_sigkilled_and_restarted_repeatedly(tmp_path, mosquitto, witness):
     random = seeded("broker-kill")
     tally = Tally("broker SIGKILL + restart", runs=rounds(2, 15))
     agg = aggregator(tmp_path, mosquitto.url).start().wait_log("consuming")

@@ -16,15 +16,13 @@ import time
 import pytest
 
 from tests.chaos.faults import SteppedClock, Tally, duplicates, rounds, seeded
-from tests.integration.conftest import mosquitto, mosquitto_factory  # noqa: F401 - fixtures
 from tests.integration.pipeline import agent, aggregator, by_boot, spool_files, stored, wait_until
-from tests.integration.test_pipeline import witness  # noqa: F401 - fixture
 from tests.integration.test_pipeline_edges import _summary
 
 pytestmark = pytest.mark.integration
 
 
-def test_wall_clock_steps_lose_only_what_the_skew_bound_refuses(tmp_path, mosquitto, witness):  # noqa: F811
+def test_wall_clock_steps_lose_only_what_the_skew_bound_refuses(tmp_path, mosquitto, witness):
     random = seeded("clock-step")
     tally = Tally("wall clock steps (agent, aggregator)", runs=rounds(2, 40))
     clocks = {

@@ -23,7 +23,6 @@ import time
 import pytest
 
 from tests.chaos.faults import Tally, duplicates, rounds, seeded
-from tests.integration.conftest import mosquitto, mosquitto_factory  # noqa: F401 - fixtures
 from tests.integration.pipeline import (
     agent,
     aggregator,
@@ -32,13 +31,12 @@ from tests.integration.pipeline import (
     stored,
     wait_until,
 )
-from tests.integration.test_pipeline import witness  # noqa: F401 - fixture
 from tests.integration.test_pipeline_edges import _summary
 
 pytestmark = pytest.mark.integration
 
 
-def test_corrupted_spool_files_are_dead_lettered_and_counted(tmp_path, mosquitto, witness):  # noqa: F811
+def test_corrupted_spool_files_are_dead_lettered_and_counted(tmp_path, mosquitto, witness):
     random = seeded("spool-corrupt")
     tally = Tally("corrupted spool file", runs=rounds(1, 8))
     agg = aggregator(tmp_path, mosquitto.url, fleet_interval="1").start().wait_log("consuming")
@@ -96,7 +94,7 @@ def test_corrupted_spool_files_are_dead_lettered_and_counted(tmp_path, mosquitto
     assert got["lost"] == 0 and got["duplicates"] == 0
 
 
-def test_corrupted_wal_segment_loss_is_counted_as_skipped(tmp_path, mosquitto, witness):  # noqa: F811
+def test_corrupted_wal_segment_loss_is_counted_as_skipped(tmp_path, mosquitto, witness):
     random = seeded("wal-corrupt")
     tally = Tally("corrupted WAL segment", runs=rounds(1, 5))
     db_path = tmp_path / "aggregator" / "telemetry.db"

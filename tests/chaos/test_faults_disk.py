@@ -14,7 +14,6 @@ import time
 import pytest
 
 from tests.chaos.faults import Tally, duplicates, rounds, seeded
-from tests.integration.conftest import mosquitto, mosquitto_factory  # noqa: F401 - fixtures
 from tests.integration.pipeline import (
     Witness,
     agent,

@@ -14,14 +14,13 @@ import time
 import pytest
 
 from tests.chaos.faults import Tally, duplicates, rounds, seeded
-from tests.integration.conftest import mosquitto, mosquitto_factory  # noqa: F401 - fixtures
 from tests.integration.pipeline import agent, aggregator, by_boot, stored, wait_until
-from tests.integration.test_pipeline import assert_no_loss, settle, witness  # noqa: F401
+from tests.integration.test_pipeline import assert_no_loss, settle
 
 pytestmark = pytest.mark.integration
 
 
-def test_random_sigkills_of_aggregator_and_agents(tmp_path, mosquitto, witness):  # noqa: F811
+def test_random_sigkills_of_aggregator_and_agents(tmp_path, mosquitto, witness):
     random = seeded("process-kill")
     tally = Tally("aggregator/agent SIGKILL at random", runs=rounds(3, 45))
     nodes = ["n0", "n1"]

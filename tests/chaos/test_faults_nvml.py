@@ -17,16 +17,15 @@ import time
 import pytest
 
 from tests.chaos.faults import Tally, duplicates, rounds, seeded
-from tests.integration.conftest import mosquitto, mosquitto_factory  # noqa: F401 - fixtures
 from tests.integration.pipeline import agent, aggregator
-from tests.integration.test_pipeline import assert_no_loss, settle, witness  # noqa: F401
+from tests.integration.test_pipeline import assert_no_loss, settle
 
 pytestmark = pytest.mark.integration
 
 INTERVAL = 0.5
 
 
-def test_nvml_hangs_cost_one_gpu_not_the_node(tmp_path, mosquitto, witness):  # noqa: F811
+def test_nvml_hangs_cost_one_gpu_not_the_node(tmp_path, mosquitto, witness):
     random = seeded("nvml-hang")
     tally = Tally("NVML call hangs (sim scenario)", runs=rounds(1, 12))
     at, hangs, lines = 1.5, [], []
