@@ -1,16 +1,22 @@
-"""How many 8-GPU reports per second one aggregator drains from Mosquitto into SQLite.
+"""How many 8-GPU reports per second the aggregator drains from Mosquitto, per store and setup.
 
 Method: every consumer is measured on the same backlog. The broker (Debian's Mosquitto,
-started here on a free loopback port) first holds N reports for an offline persistent
-session, then the consumer connects and we time how long it takes to drain them.
+started here on a free loopback port) first holds N reports, published by P
+``mosquitto_pub -l`` processes (one per node, QoS 1), for an offline persistent session;
+then the consumer connects and we time how long it takes to drain them.
 Baselines in the same run, on the same backlog:
   - mosquitto_sub: the broker's and the network's own ceiling;
-  - a bare aiomqtt subscriber that only counts (the floor of any Python consumer);
-  - the aggregator: validation, WAL + fsync, acknowledgement (the "accepted" rate), and
-    SQLite (the "stored" rate), with the alert engine (the shipped rule pack evaluated on
-    every report) and, on the same backlog, without it: the engine's cost is the ratio.
+  - a bare aiomqtt subscriber that only counts (the floor of any Python consumer).
+Then ``telemetryd aggregator`` (its own process), one setup after the other:
+  SQLite; SQLite with the alert engine (the shipped rule pack on every report); InfluxDB 1.x
+  (Debian's influxd on loopback); SQLite and InfluxDB with alerts; and two aggregators in one
+  ``$share`` group (members 0 and 1 of 2, SQLite and alerts each), CPU per member.
+"accepted" = in the WAL (synced) and acknowledged; "stored" = in every store of the setup.
+The backlog is the point past backpressure: the broker holds what the aggregator has not
+taken, nothing is dropped (the stored count must reach N), it only arrives later.
 
 Usage: python bench/aggregator_throughput.py [--reports 20000] [--publishers 8]
+       [--setups sqlite,sqlite+alerts,influx,both+alerts,shared2]
 Prints the machine, the figures and the ratios. Bounded in time; loopback only.
 """
 
@@ -29,7 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import psutil
@@ -152,67 +162,130 @@ def stored_count(db: Path) -> int:
         return 0
 
 
-def _env(alerts: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRYD_")}
-    env["TELEMETRYD_AGGREGATOR_CLIENT_ID"] = f"bench-aggregator-{'alerts' if alerts else 'plain'}"
-    env["TELEMETRYD_AGGREGATOR_MQTT_VERSION"] = MQTT_VERSION
-    env["TELEMETRYD_AGGREGATOR_ALERTS_ENABLED"] = "true" if alerts else "false"
-    return env
+@dataclass
+class Setup:
+    """One aggregator configuration measured on the backlog."""
+
+    name: str
+    alerts: bool
+    sqlite: bool = True
+    influx: bool = False
+    members: int = 1  # aggregators in one $share group, each with its own state and store
+
+    def env(self, member: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRYD_")}
+        env["TELEMETRYD_AGGREGATOR_CLIENT_ID"] = f"bench-{self.key}-{member}"
+        env["TELEMETRYD_AGGREGATOR_MQTT_VERSION"] = MQTT_VERSION
+        env["TELEMETRYD_AGGREGATOR_ALERTS_ENABLED"] = "true" if self.alerts else "false"
+        return env
+
+    @property
+    def key(self) -> str:
+        return "".join(c if c.isalnum() else "_" for c in self.name.lower())
+
+    def database(self, member: int) -> str:
+        return f"bench_{self.key}_{member}"
+
+    def cmd(self, port: int, state: Path, member: int, influx_port: int) -> list[str]:
+        cmd = [sys.executable, "-m", "telemetryd", "--log-level", "info", "aggregator",
+               "--broker", f"mqtt://127.0.0.1:{port}", "--state-dir", str(state)]  # fmt: skip
+        if self.sqlite:
+            cmd += ["--sink", f"sqlite://{state / 'telemetry.db'}"]
+        if self.influx:
+            cmd += ["--sink", f"influxdb://127.0.0.1:{influx_port}/{self.database(member)}"]
+        if self.members > 1:
+            cmd += ["--shared-group", "bench", "--members", str(self.members),
+                    "--member", str(member)]  # fmt: skip
+        return cmd
 
 
-def run_aggregator(port: int, workdir: Path, alerts: bool) -> dict[str, float]:
-    workdir = workdir / ("alerts" if alerts else "plain")
-    workdir.mkdir(exist_ok=True)
-    state = workdir / "aggregator"
-    env = _env(alerts)
-    log = open(workdir / "aggregator.log", "ab")  # noqa: SIM115
-    cmd = [sys.executable, "-m", "telemetryd", "--log-level", "info", "aggregator",
-           "--broker", f"mqtt://127.0.0.1:{port}", "--state-dir", str(state)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    # The aggregator's first run only creates its session (the reports are not queued yet).
-    while "consuming" not in (workdir / "aggregator.log").read_text():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    return {"pid": float(proc.pid)}
+def start_aggregators(setup: Setup, port: int, workdir: Path, influx_port: int
+                      ) -> list[tuple[subprocess.Popen[bytes], Path, Path]]:  # fmt: skip
+    out = []
+    for member in range(setup.members):
+        if setup.influx:
+            influx_query(influx_port, f'CREATE DATABASE "{setup.database(member)}"')
+        state = workdir / setup.key / f"member{member}"
+        state.mkdir(parents=True, exist_ok=True)
+        logpath = state.parent / f"aggregator{member}.log"
+        offset = logpath.stat().st_size if logpath.exists() else 0
+        proc = subprocess.Popen(setup.cmd(port, state, member, influx_port),
+                                env=setup.env(member), stdout=logpath.open("ab"),
+                                stderr=subprocess.STDOUT)  # fmt: skip
+        out.append((proc, state, logpath))
+        deadline = time.monotonic() + 60
+        while "consuming" not in logpath.read_text()[offset:]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"aggregator did not start:\n{logpath.read_text()}")
+            time.sleep(0.02)
+    return out
 
 
-def measure_aggregator(port: int, workdir: Path, count: int, alerts: bool) -> dict[str, float]:
-    workdir = workdir / ("alerts" if alerts else "plain")
-    state = workdir / "aggregator"
-    env = _env(alerts)
-    logpath = workdir / "aggregator.log"
-    log = open(logpath, "ab")  # noqa: SIM115
-    offset = logpath.stat().st_size
-    cmd = [sys.executable, "-m", "telemetryd", "--log-level", "info", "aggregator",
-           "--broker", f"mqtt://127.0.0.1:{port}", "--state-dir", str(state)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    ps = psutil.Process(proc.pid)
-    while "consuming" not in logpath.read_text()[offset:]:
-        time.sleep(0.02)
+def prime_aggregators(setup: Setup, port: int, workdir: Path, influx_port: int) -> None:
+    """A first run only creates the sessions (and the subscriptions the backlog queues for)."""
+    for proc, _, _ in start_aggregators(setup, port, workdir, influx_port):
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def stored(setup: Setup, state: Path, member: int, influx_port: int) -> int:
+    counts = []
+    if setup.sqlite:
+        counts.append(stored_count(state / "telemetry.db"))
+    if setup.influx:
+        counts.append(agent_points(influx_port, setup.database(member)))
+    return min(counts)
+
+
+def measure(setup: Setup, port: int, workdir: Path, count: int, influx_port: int
+            ) -> dict[str, float]:  # fmt: skip
+    """Accepted (WAL + ack) and stored rates over the backlog, CPU and RSS of each member."""
+    procs = start_aggregators(setup, port, workdir, influx_port)
+    ps = [psutil.Process(p.pid) for p, _, _ in procs]
     started = time.monotonic()
-    cpu0 = sum(ps.cpu_times()[:2])
-    wal = state / "wal"
+    cpu0 = [sum(p.cpu_times()[:2]) for p in ps]
     accepted_at = None
-    deadline = started + 600
+    deadline = started + 900
     while time.monotonic() < deadline:
-        # Accepted = acknowledged after the WAL sync; stored = written to SQLite.
-        if accepted_at is None and _wal_records(wal) >= count:
+        if accepted_at is None and sum(_wal_records(st / "wal") for _, st, _ in procs) >= count:
             accepted_at = time.monotonic()
-        if stored_count(state / "telemetry.db") >= count:
+        total = sum(stored(setup, st, m, influx_port) for m, (_, st, _) in enumerate(procs))
+        if total >= count:
             break
         time.sleep(0.25)  # polling must not steal the CPU being measured
     stored_at = time.monotonic()
-    cpu = sum(ps.cpu_times()[:2]) - cpu0
-    rss = ps.memory_info().rss / 2**20
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    return {
-        "accepted_s": (accepted_at or stored_at) - started,
-        "stored_s": stored_at - started,
-        "cpu_s": cpu,
-        "rss_mib": rss,
-    }
+    cpu = [sum(p.cpu_times()[:2]) - c for p, c in zip(ps, cpu0, strict=True)]
+    rss = [p.memory_info().rss / 2**20 for p in ps]
+    for proc, _, _ in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc, _, _ in procs:
+        proc.wait(timeout=60)
+    result = {"accepted_s": (accepted_at or stored_at) - started,
+              "stored_s": stored_at - started, "cpu_s": sum(cpu), "rss_mib": max(rss)}  # fmt: skip
+    for m, (c, r) in enumerate(zip(cpu, rss, strict=True)):
+        result[f"member{m}_cpu_s"], result[f"member{m}_rss_mib"] = c, r
+    return result
+
+
+def start_influxd(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    """InfluxDB 1.x (Debian's influxd) on loopback, as bench/influx_throughput.py runs it."""
+    from influx_throughput import start_influxd as start
+
+    return start(workdir, port)
+
+
+def influx_query(port: int, q: str, db: str = "") -> Any:
+    url = f"http://127.0.0.1:{port}/query?" + urllib.parse.urlencode({"q": q, "db": db})
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=30) as r:
+        return json.loads(r.read())
+
+
+def agent_points(port: int, db: str) -> int:
+    try:
+        series = influx_query(port, "SELECT count(seq) FROM agent", db)["results"][0].get("series")
+    except (OSError, ValueError, KeyError, IndexError):
+        return 0
+    return int(series[0]["values"][0][1]) if series else 0
 
 
 def _wal_records(wal: Path) -> int:
@@ -230,65 +303,75 @@ def _wal_records(wal: Path) -> int:
     return total
 
 
+SETUPS = {
+    "sqlite": Setup("SQLite", alerts=False),
+    "sqlite+alerts": Setup("SQLite + alerts", alerts=True),
+    "influx": Setup("InfluxDB 1.x", alerts=False, sqlite=False, influx=True),
+    "both+alerts": Setup("SQLite + InfluxDB + alerts", alerts=True, influx=True),
+    "shared2": Setup("2 in a $share group, SQLite + alerts", alerts=True, members=2),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reports", type=int, default=20000)
     parser.add_argument("--publishers", type=int, default=8)
     parser.add_argument("--mqtt-version", choices=["5", "3.1.1"], default="5")
+    parser.add_argument("--setups", default=",".join(SETUPS),
+                        help=f"comma-separated, of: {', '.join(SETUPS)}")  # fmt: skip
     args = parser.parse_args()
     global MQTT_VERSION
     MQTT_VERSION = args.mqtt_version
-    if shutil.which("mosquitto") is None or shutil.which("mosquitto_sub") is None:
-        raise SystemExit("needs Debian's mosquitto and mosquitto-clients")
+    for tool in ("mosquitto", "mosquitto_sub", "mosquitto_pub", "influxd"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"needs {tool} (Debian's mosquitto, mosquitto-clients, influxdb)")
     count = args.reports - args.reports % args.publishers
+    setups = [SETUPS[name] for name in args.setups.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        port = free_port()
+        port, influx_port = free_port(), free_port()
         broker = start_mosquitto(workdir, port)
+        influxd = start_influxd(workdir, influx_port)
         try:
             files, size = make_reports(count, args.publishers, workdir)
             print(f"machine: {machine()}")
             print(f"workload: {count} reports of {size} bytes (8 simulated H100s each), "
-                  f"{args.publishers} publishers, QoS 1, Mosquitto on loopback")  # fmt: skip
-            results: dict[str, float] = {}
-            # mosquitto_sub
+                  f"{args.publishers} publishers (mosquitto_pub -l), QoS 1, MQTT "
+                  f"{MQTT_VERSION}, Mosquitto on loopback; each consumer drains the same "
+                  "backlog")  # fmt: skip
+            rates: dict[str, float] = {}
             prime_session(port, "sub")
             publish(files, port)
-            results["mosquitto_sub"] = count / drain_mosquitto_sub(port, count)
-            # bare aiomqtt
+            rates["mosquitto_sub"] = count / drain_mosquitto_sub(port, count)
             asyncio.run(_prime_aiomqtt(port))
             publish(files, port)
-            results["aiomqtt"] = count / asyncio.run(_aiomqtt_drain(port, count))
-            # the aggregator without, then with, the alert engine
-            run_aggregator(port, workdir, alerts=False)
-            publish(files, port)
-            plain = measure_aggregator(port, workdir, count, alerts=False)
-            results["stored_no_alerts"] = count / plain["stored_s"]
-            run_aggregator(port, workdir, alerts=True)
-            publish(files, port)
-            agg = measure_aggregator(port, workdir, count, alerts=True)
-            results["accepted"] = count / agg["accepted_s"]
-            results["stored"] = count / agg["stored_s"]
+            base = rates["aiomqtt"] = count / asyncio.run(_aiomqtt_drain(port, count))
+            print(f"{'consumer':<40} {'accepted/s':>10} {'stored/s':>9} {'x aiomqtt':>9} "
+                  f"{'CPU ms/rep':>10} {'RSS MiB':>8}")  # fmt: skip
+            print(f"{'mosquitto_sub':<40} {'':>10} {rates['mosquitto_sub']:9.0f} "
+                  f"{rates['mosquitto_sub'] / base:9.2f}")  # fmt: skip
+            print(f"{'bare aiomqtt subscriber (baseline)':<40} {'':>10} {base:9.0f} {1:9.2f}")
+            results = {}
+            for setup in setups:
+                prime_aggregators(setup, port, workdir, influx_port)
+                publish(files, port)
+                r = results[setup.key] = measure(setup, port, workdir, count, influx_port)
+                stored_rate = count / r["stored_s"]
+                per = ", ".join(f"{r[f'member{m}_cpu_s']:.1f}" for m in range(setup.members))
+                print(f"{setup.name:<40} {count / r['accepted_s']:10.0f} {stored_rate:9.0f} "
+                      f"{stored_rate / base:9.2f} {1000 * r['cpu_s'] / count:10.2f} "
+                      f"{r['rss_mib']:8.0f}" + (f"  (CPU s per member: {per})"
+                                                 if setup.members > 1 else ""),
+                      flush=True)  # fmt: skip
         finally:
             broker.terminate()
             broker.wait()
-    base = results["aiomqtt"]
-    print(f"mosquitto_sub drains          {results['mosquitto_sub']:8.0f} reports/s")
-    print(f"bare aiomqtt subscriber       {base:8.0f} reports/s  (baseline, 1.00)")
-    print(f"aggregator, accepted (WAL+ack) {results['accepted']:7.0f} reports/s  "
-          f"({results['accepted'] / base:.2f} of the baseline)")  # fmt: skip
-    print(f"aggregator, stored in SQLite  {results['stored']:8.0f} reports/s  "
-          f"({results['stored'] / base:.2f} of the baseline, "
-          f"{results['stored'] / results['mosquitto_sub']:.2f} of mosquitto_sub)")  # fmt: skip
-    print(f"aggregator CPU {agg['cpu_s']:.1f} s for {count} reports "
-          f"({1000 * agg['cpu_s'] / count:.2f} ms each), RSS {agg['rss_mib']:.0f} MiB")  # fmt: skip
-    engine_ms = 1000 * (agg["cpu_s"] - plain["cpu_s"]) / count
-    print(f"without the alert engine: stored {results['stored_no_alerts']:8.0f} reports/s, "
-          f"CPU {1000 * plain['cpu_s'] / count:.2f} ms each; with it: "
-          f"{results['stored'] / results['stored_no_alerts']:.2f} of that rate, "
-          f"+{engine_ms:.2f} ms of CPU per report")  # fmt: skip
-    extra = {f"no_alerts_{k}": v for k, v in plain.items()}
-    print(json.dumps({k: round(v, 2) for k, v in {**results, **agg, **extra}.items()}))
+            influxd.terminate()
+            influxd.wait()
+    print("compact encoding: none offered (reports are JSON only), so not measured")
+    print(json.dumps({"rates": {k: round(v) for k, v in rates.items()},
+                      "setups": {k: {n: round(v, 2) for n, v in r.items()}
+                                 for k, r in results.items()}}))  # fmt: skip
 
 
 async def _prime_aiomqtt(port: int) -> None:

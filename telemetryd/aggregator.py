@@ -219,6 +219,8 @@ class Aggregator:
 
     async def _flush_deadletters(self, stop: asyncio.Event) -> bool:
         """Sync the dead letters; a disk that refuses holds the batch, like the WAL does."""
+        if not self.deadletters.pending:
+            return True  # the common case: no thread hop for nothing
         backoff = Backoff(0.5, 10.0)
         while True:
             try:
@@ -367,7 +369,7 @@ class Aggregator:
             if now - last_snapshot >= 5.0:
                 await self._save_snapshot()
                 last_snapshot = now
-            upto = min([r.cursor for r in self.runners] + [self.snapshot_index])
+            upto = min([r.saved for r in self.runners] + [self.snapshot_index])
             await asyncio.to_thread(self.wal.release, upto)
             if now - last_summary >= self.cfg.fleet_interval:
                 await self._publish_summaries()

@@ -266,7 +266,10 @@ def test_runner_writes_everything_in_order_in_batches(rig: Rig) -> None:
     asyncio.run(main())
 
 
-def test_cursor_is_saved_after_each_batch(rig: Rig) -> None:
+def test_cursor_is_saved_after_each_batch_once_its_interval_passed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sinkrunner, "CURSOR_SAVE_S", 0.0)
     sink = FakeSink()
     seen: list[int | None] = []
     sink.on_write = lambda batch: seen.append(rig.saved_cursor(sink))
@@ -278,6 +281,48 @@ def test_cursor_is_saved_after_each_batch(rig: Rig) -> None:
 
     asyncio.run(main())
     assert seen == [None, 3, 6, 9]  # at each write, the previous batch's end is on disk
+
+
+def test_cursor_saves_are_spaced_and_the_wal_is_released_only_up_to_the_saved_one(
+    rig: Rig,
+) -> None:
+    sink = FakeSink()
+    seen: list[tuple[int | None, int]] = []
+
+    async def main() -> None:
+        feed = Feed(rig.wal)
+        runner = rig.runner(sink, feed, batch_size=3)
+        sink.on_write = lambda batch: seen.append((rig.saved_cursor(sink), runner.saved))
+        rig.commit(feed, reports(range(10)))
+        assert await drive(runner, lambda: len(sink.written) == 10)
+        assert runner.saved == runner.cursor == 10  # saved when it stopped
+
+    asyncio.run(main())
+    # The first batch's end is saved at once; the next saves wait CURSOR_SAVE_S, and
+    # ``saved`` (what the aggregator releases the WAL up to) follows the file, not the writes.
+    assert seen == [(None, 0), (3, 3), (3, 3), (3, 3)]
+    assert rig.saved_cursor(sink) == 10
+
+
+def test_a_lone_report_lingers_for_the_next_one(rig: Rig) -> None:
+    sink = FakeSink()
+
+    async def main() -> None:
+        feed = Feed(rig.wal)
+        runner = SinkRunner(sink, feed, cursor_file(rig.wal.directory, sink.name),
+                            rig.deadletters, batch_size=8, linger_s=0.3)  # fmt: skip
+        rig.commit(feed, reports(range(1)))
+
+        async def later() -> None:
+            await asyncio.sleep(0.05)
+            rig.commit(feed, reports(range(1, 3)))
+
+        follow = asyncio.create_task(later())
+        assert await drive(runner, lambda: len(sink.written) == 3)
+        await follow
+
+    asyncio.run(main())
+    assert sink.batches == [[0, 1, 2]]  # one write, not a write for the first alone
 
 
 def test_a_sink_error_is_retried_without_advancing(rig: Rig) -> None:
