@@ -37,9 +37,9 @@ from telemetryd.durable import replace_file
 from telemetryd.errors import ConfigError
 from telemetryd.fleet import Fleet, dumps
 from telemetryd.ingest import Limits
-from telemetryd.intake import Sorted, sort_batch
+from telemetryd.intake import sort_batch
 from telemetryd.jobs import JobTable
-from telemetryd.model import EventMessage, Report
+from telemetryd.model import EventMessage, Report, Status
 from telemetryd.names import sanitize_hostname
 from telemetryd.reload import Reloader, reload_aggregator
 from telemetryd.sdnotify import Notifier, Supervisor, Watchdog
@@ -130,7 +130,8 @@ class Aggregator:
             await self._silence_requests(got.requests, now)
         # Shielded: once the WAL write starts, the bookkeeping that follows it must happen
         # even if the connection drops (which cancels us) - or the feed would skip records.
-        done = await asyncio.shield(self._make_durable(got, now, stop))
+        durable = self._make_durable(got.payloads, got.stored, got.statuses, now, stop, got.fed)
+        done = await asyncio.shield(durable)
         if done is None:
             return  # stopping with the batch unwritten: unacknowledged, sent again
         if got.forwards:  # other members' nodes: acknowledged once their owner has them
@@ -143,16 +144,26 @@ class Aggregator:
             await self.alerts.publish(session)
 
     async def _make_durable(
-        self, got: Sorted, now: int, stop: asyncio.Event
+        self,
+        payloads: list[bytes],
+        reports: list[Report],
+        statuses: list[Status],
+        now: int,
+        stop: asyncio.Event,
+        fed: list[Report] | None = None,
     ) -> list[EventMessage] | None:
-        """WAL, dead letters, then the fleet: the part of a commit that must not be cut."""
+        """WAL, dead letters, then the fleet: the part of a commit that must not be cut.
+
+        ``fed`` (default: ``reports``) is what updates the live state; in a group of
+        aggregators it differs from what is stored (intake.py).
+        """
         async with self._commit_lock:
-            if got.payloads and not await self._append(got.payloads, got.stored, stop):
+            if payloads and not await self._append(payloads, reports, stop):
                 return None
             if not await self._flush_deadletters(stop):
                 return None
             fleet_events: list[EventMessage] = []
-            for report in got.fed:
+            for report in reports if fed is None else fed:
                 self.fleet.claim(report)
                 events = self.fleet.on_report(report, now)
                 self.jobs.observe(report)
@@ -162,7 +173,7 @@ class Aggregator:
                 if self.alerts is not None:
                     self.alerts.on_report(report, now)
                     self.alerts.on_fleet_events(events)
-            for status in got.statuses:
+            for status in statuses:
                 self.fleet.on_status(status, now)
                 if self.alerts is not None:
                     self.alerts.on_status(status, now)
