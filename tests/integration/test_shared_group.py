@@ -28,7 +28,7 @@ from tests.reports import sampled
 pytestmark = pytest.mark.integration
 
 NODES = [f"n{i:02d}" for i in range(20)]
-ROUNDS = 15  # reports per node, 0.2 s of sample time apart
+ROUNDS = 20  # reports per node, 0.2 s of sample time apart
 BOOT = "0123456789abcdef0123456789abcdef"
 
 RULES = """
@@ -134,12 +134,21 @@ def test_two_members_split_the_load_lose_nothing_and_page_once(
                 assert publisher.publish(topic, report(node, seq, t0, node in hot)) == 0
             time.sleep(0.1)
 
-    publish(range(0, 5))
-    aggs[1].kill()  # mid-run, no goodbye: what it held unacknowledged comes back
-    publish(range(5, 10))
+    def paged(index: int | None = None) -> set[str]:
+        chosen = receivers if index is None else [receivers[index]]
+        return {n for r in chosen for s, n in pages(r) if s == "firing"}
+
+    publish(range(0, 8))  # 1.4 s of samples: past the rule's for: 1s
+    # Member 1 pages for its hot nodes (fed by forwards too), then dies mid-run with no
+    # goodbye: what it held unacknowledged comes back, and it must not page again.
+    mine = {n for n in hot if owner("c1", n, 2) == 1}
+    wait_until(lambda: paged(1) >= mine, 20, f"member 1's pages for {sorted(mine)}")
+    time.sleep(0.5)  # its notification log on disk
+    aggs[1].kill()
+    publish(range(8, 14))
     aggs[1] = member(tmp_path, mosquitto, receivers[1], 1).start()
     aggs[1].wait_log("consuming")
-    publish(range(10, ROUNDS))
+    publish(range(14, ROUNDS))
     publisher.close()
 
     expected = {(n, BOOT, s) for n in NODES for s in range(ROUNDS)}
@@ -161,9 +170,6 @@ def test_two_members_split_the_load_lose_nothing_and_page_once(
         assert len(foreign) >= 5, f"member {index} stored only {sorted(foreign)} of others"
 
     # Each hot node pages once, from its owner, never from the other member.
-    def paged() -> set[str]:
-        return {n for r in receivers for s, n in pages(r) if s == "firing"}
-
     wait_until(lambda: paged() >= set(hot), 30, f"a page for each of {hot}")
     time.sleep(2.0)  # anything more would be a duplicate
     for index, r in enumerate(receivers):
