@@ -268,3 +268,57 @@ def test_watch_merges_parts_and_prefers_them_to_a_stale_plain_summary() -> None:
     assert [a.fingerprint for a in w.pending["c1"].alerts] == ["a"]
     w.ingest(fleet_part_topic("c1", 1), b"")
     assert [n.node for n in w.fleets["c1"].nodes] == ["n1"]
+
+
+def test_a_member_publishes_its_pending_part_not_the_plain_list() -> None:
+    from telemetryd.alerting.panel import Panel
+
+    eng, fleet = engine(HOT)
+    feed(eng, fleet, report(0, node="n1", temp_c=90.0))  # pending: for 20s
+    panel = Panel(eng, None)
+    assert "telemetry/v1/c1/_pending" in {t for t, _p, _s in panel.changes(1, 0.0)}
+    panel = Panel(eng, None)
+    panel.part = 1
+    topics = {t for t, _p, _s in panel.changes(1, 0.0)}
+    assert pending_part_topic("c1", 1) in topics
+    assert "telemetry/v1/c1/_pending" not in topics
+
+
+def test_a_member_replays_and_keeps_only_the_nodes_it_owns(tmp_path: Path) -> None:
+    """WAL replay feeds no foreign report; a snapshot's foreign nodes are dropped."""
+    import asyncio
+
+    from telemetryd.aggregator import Aggregator
+    from telemetryd.connect import mqtt_settings
+    from telemetryd.model import encode_report
+    from telemetryd.wal import Wal
+    from tests.unit.test_jobs_recovery import report as job_report
+
+    def open_aggregator(cfg: AggregatorConfig) -> Aggregator:
+        wal = Wal(tmp_path / "wal", max_bytes=cfg.wal_max_bytes)
+        wal.open()
+        return Aggregator(
+            cfg, wal=wal, fleet=Fleet(silent_after=3.0),
+            deadletters=DeadLetters(tmp_path / "deadletter.jsonl", max_bytes=1 << 20),
+            sinks=[], settings=mqtt_settings(cfg, client_id="test", env={}), directory=tmp_path,
+        )  # fmt: skip
+
+    mine, theirs = nodes_of(0)[0], nodes_of(1)[0]
+    now = time.time_ns() - 60 * 1_000_000_000
+    alone = open_aggregator(AggregatorConfig())
+    first = [job_report(mine, 0, "running", now), job_report(theirs, 0, "running", now)]
+    later = [job_report(mine, 1, "running", now), job_report(theirs, 1, "running", now)]
+    for batch in (first, later):
+        done = asyncio.run(alone._make_durable([encode_report(r) for r in batch], batch, [],
+                                               now, asyncio.Event()))  # fmt: skip
+        assert done is not None
+        if batch is first:
+            asyncio.run(alone._save_snapshot())  # `later` only in the WAL
+    alone.wal.close()
+
+    member = open_aggregator(AggregatorConfig(shared_group="g1", members=2, member=0))
+    member.recover()
+    assert set(member.fleet.nodes) == {("c1", mine)}
+    assert member.fleet.nodes[("c1", mine)].reports == 2
+    assert set(member.jobs.by_node) == {("c1", mine)}
+    member.wal.close()
