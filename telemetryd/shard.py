@@ -51,6 +51,10 @@ def membership_problem(cfg: AggregatorConfig) -> tuple[str, str] | None:
     if cfg.members > 1 and not cfg.shared_group:
         return ("aggregator.members", f"{cfg.members} members need aggregator.shared_group "
                 "(the $share group they split)")  # fmt: skip
+    if cfg.members > 1 and cfg.mqtt_version != "5":
+        # A 3.1.1 PUBACK cannot say "not authorised": a refused forward would look delivered.
+        return ("aggregator.mqtt_version", f"expected 5 with aggregator.members above 1, "
+                f"got {cfg.mqtt_version}")  # fmt: skip
     return None
 
 

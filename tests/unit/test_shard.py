@@ -111,6 +111,16 @@ def test_membership_is_checked_one_line_each() -> None:
         "environment TELEMETRYD_AGGREGATOR_MEMBERS: aggregator.members: 3 members need "
         "aggregator.shared_group (the $share group they split)"
     ]
+    assert problems(
+        {
+            **group,
+            "TELEMETRYD_AGGREGATOR_MEMBERS": "2",
+            "TELEMETRYD_AGGREGATOR_MQTT_VERSION": "3.1.1",
+        }
+    ) == [
+        "environment TELEMETRYD_AGGREGATOR_MQTT_VERSION: aggregator.mqtt_version: expected 5 "
+        "with aggregator.members above 1, got 3.1.1"
+    ]
     (line,) = problems({**group, "TELEMETRYD_AGGREGATOR_MEMBERS": "0"})
     assert "aggregator.members" in line and ">= 1" in line, line
     cfg = load(None, env={**group, "TELEMETRYD_AGGREGATOR_MEMBERS": "2",
