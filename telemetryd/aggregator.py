@@ -36,15 +36,17 @@ from telemetryd.deadletter import DeadLetters
 from telemetryd.durable import replace_file
 from telemetryd.errors import ConfigError
 from telemetryd.fleet import Fleet, dumps
-from telemetryd.ingest import Limits, Rejected, validate
+from telemetryd.ingest import Limits
+from telemetryd.intake import sort_batch
 from telemetryd.jobs import JobTable
 from telemetryd.model import EventMessage, Report, Status
 from telemetryd.names import sanitize_hostname
 from telemetryd.reload import Reloader, reload_aggregator
 from telemetryd.sdnotify import Notifier, Supervisor, Watchdog
 from telemetryd.service import stopped_within
+from telemetryd.shard import Shard, forward
 from telemetryd.sinkrunner import Feed, SinkRunners
-from telemetryd.topics import fleet_event_topic, fleet_topic, request_cluster, subscriptions
+from telemetryd.topics import fleet_event_topic, fleet_part_topic, fleet_topic, subscriptions
 from telemetryd.urls import UrlError, parse_sink_url
 from telemetryd.wal import Wal, WalError
 
@@ -84,6 +86,7 @@ class Aggregator:
         for _url, sink in sinks:
             self.runners.add(sink)
         self.limits = Limits(cfg.max_payload_bytes, cfg.max_clock_skew, cfg.max_report_age)
+        self.shard = Shard.from_config(cfg)  # None when alone; else which nodes are ours
         self.snapshot_path = directory / "fleet-state.json"
         self.snapshot_index = wal.first_index
         # Never hand out an index a reader already went past (see Wal.advance_to).
@@ -118,42 +121,21 @@ class Aggregator:
         self, session: MqttSession, batch: list[Message], stop: asyncio.Event
     ) -> None:
         now = time.time_ns()
-        payloads: list[bytes] = []
-        reports: list[Report] = []
-        statuses: list[Status] = []
-        in_batch: set[tuple[str, str, str, int]] = set()
-        requests: list[Message] = []
-        for message in batch:
-            if message.topic.startswith("$SYS/"):
-                self._broker_counter(message)
-                continue
-            if request_cluster(message.topic) is not None:
-                requests.append(message)  # an operator's silence request, never a report
-                continue
-            self.fleet.received += 1
-            result = validate(message.topic, message.payload, self.limits, now)
-            if isinstance(result, Rejected):
-                self.deadletters.add(message.topic, result.reason, result.detail,
-                                     message.payload, now)  # fmt: skip
-            elif isinstance(result, Report):
-                key = (result.cluster, result.node, result.boot_id, result.seq)
-                if key in in_batch or self.fleet.seen(result):
-                    self.fleet.count_duplicate(result)
-                else:
-                    in_batch.add(key)
-                    payloads.append(message.payload)
-                    reports.append(result)
-            elif isinstance(result, Status):
-                statuses.append(result)
-            else:
-                self.events += 1
-        if requests:
-            await self._silence_requests(requests, now)
+        got = sort_batch(batch, fleet=self.fleet, limits=self.limits,
+                         deadletters=self.deadletters, shard=self.shard, now=now)  # fmt: skip
+        for message in got.counters:
+            self._broker_counter(message)
+        self.events += got.events
+        if got.requests:
+            await self._silence_requests(got.requests, now)
         # Shielded: once the WAL write starts, the bookkeeping that follows it must happen
         # even if the connection drops (which cancels us) - or the feed would skip records.
-        done = await asyncio.shield(self._make_durable(payloads, reports, statuses, now, stop))
+        durable = self._make_durable(got.payloads, got.stored, got.statuses, now, stop, got.fed)
+        done = await asyncio.shield(durable)
         if done is None:
             return  # stopping with the batch unwritten: unacknowledged, sent again
+        if got.forwards:  # other members' nodes: acknowledged once their owner has them
+            await forward(session, got.forwards)
         for message in batch:
             session.ack(message)
         for event in done:
@@ -168,15 +150,20 @@ class Aggregator:
         statuses: list[Status],
         now: int,
         stop: asyncio.Event,
+        fed: list[Report] | None = None,
     ) -> list[EventMessage] | None:
-        """WAL, dead letters, then the fleet: the part of a commit that must not be cut."""
+        """WAL, dead letters, then the fleet: the part of a commit that must not be cut.
+
+        ``fed`` (default: ``reports``) is what updates the live state; in a group of
+        aggregators it differs from what is stored (intake.py).
+        """
         async with self._commit_lock:
             if payloads and not await self._append(payloads, reports, stop):
                 return None
             if not await self._flush_deadletters(stop):
                 return None
             fleet_events: list[EventMessage] = []
-            for report in reports:
+            for report in reports if fed is None else fed:
                 self.fleet.claim(report)
                 events = self.fleet.on_report(report, now)
                 self.jobs.observe(report)
@@ -287,6 +274,7 @@ class Aggregator:
     async def _mqtt_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(cap=self.settings.reconnect_max)
         filters = subscriptions(self.cfg.clusters, self.cfg.shared_group)
+        filters += [self.shard.filter()] if self.shard is not None else []
         while not stop.is_set():
             failure = ""
             try:
@@ -351,8 +339,10 @@ class Aggregator:
         for cluster in self.fleet.clusters():
             summary = self.fleet.summary(cluster, rejected=dict(self.deadletters.counts),
                                          wal_bytes=self.wal.bytes, sinks=states)  # fmt: skip
+            shard = self.shard  # a group member publishes its part; viewers merge them
+            topic = fleet_part_topic(cluster, shard.member) if shard else fleet_topic(cluster)
             try:
-                await session.publish(fleet_topic(cluster), encode_json(summary), retain=True)
+                await session.publish(topic, encode_json(summary), retain=True)
             except MqttUnavailable as exc:
                 if str(exc) != self._summary_error:
                     log.warning("fleet summary not published: %s", exc)
@@ -451,9 +441,11 @@ async def serve(
         urls = cfg.sinks or [f"sqlite://{directory / 'telemetry.db'}"]
         sinks = [(url, make_sink(url, cfg)) for url in urls]
         host = sanitize_hostname(socket.gethostname())
+        shard = Shard.from_config(cfg)
+        name = shard.name(host) if shard is not None else host  # members never share one
         settings = mqtt_settings(
             cfg,
-            client_id=f"telemetryd-aggregator-{host}",
+            client_id=f"telemetryd-aggregator-{name}",
             persistent=True,
             session_expiry=cfg.session_expiry,
             receive_maximum=min(65535, 2 * cfg.batch_size),
@@ -462,7 +454,7 @@ async def serve(
         aggregator = Aggregator(
             cfg,
             wal=wal,
-            fleet=Fleet(silent_after=cfg.silent_after, name=host),
+            fleet=Fleet(silent_after=cfg.silent_after, name=name),
             deadletters=DeadLetters(
                 directory / "deadletter.jsonl", max_bytes=cfg.deadletter_max_bytes
             ),
@@ -473,7 +465,9 @@ async def serve(
         if cfg.alerts.enabled:
             from telemetryd.alerting.service import open_alerts
 
-            aggregator.alerts = open_alerts(cfg.alerts, aggregator.fleet, directory, name=host)
+            aggregator.alerts = open_alerts(cfg.alerts, aggregator.fleet, directory, name=name)
+            if shard is not None and aggregator.alerts.panel is not None:
+                aggregator.alerts.panel.part = shard.member  # _pending/part/<member>
             aggregator.alerts.engine.jobs = aggregator.jobs
         api = None
         if cfg.listen:

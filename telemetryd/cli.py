@@ -235,6 +235,10 @@ def agent(
     metavar="NAME",
     help="Share the load with other aggregators through $share/NAME (MQTT 5).",
 )
+@click.option("--members", type=int, metavar="N",
+              help="Aggregators sharing the group (docs/sharing.md).  [default: 1]")  # fmt: skip
+@click.option("--member", type=int, metavar="I",
+              help="This aggregator's index in the group, 0..N-1.  [default: 0]")  # fmt: skip
 @click.option(
     "--listen",
     metavar="HOST:PORT",
@@ -246,6 +250,8 @@ def aggregator(
     state_dir: str | None,
     sinks: tuple[str, ...],
     shared_group: str | None,
+    members: int | None,
+    member: int | None,
     listen: str | None,
 ) -> None:
     """Consume reports from MQTT, keep the fleet's state and write them to the sinks."""
@@ -257,6 +263,8 @@ def aggregator(
         "aggregator.state_dir": ("--state-dir", state_dir),
         "aggregator.sinks": ("--sink", list(sinks) or None),
         "aggregator.shared_group": ("--shared-group", shared_group),
+        "aggregator.members": ("--members", members),
+        "aggregator.member": ("--member", member),
         "aggregator.listen": ("--listen", listen),
     })  # fmt: skip
     loaded = load(config_file, overrides=overrides)

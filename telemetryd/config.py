@@ -315,6 +315,19 @@ class AggregatorConfig(_BrokerSection):
             "Empty: this aggregator consumes every message."
         ),
     ] = ""
+    members: Annotated[
+        int,
+        _doc(
+            "How many aggregators share shared_group. Above 1, each node is owned by one "
+            "member (a stable hash) and reports of other nodes are forwarded to their "
+            "owner, so alert state never splits (docs/sharing.md).",
+            ge=1,
+        ),
+    ] = 1
+    member: Annotated[
+        int,
+        _doc("This aggregator's index among the members: 0 .. members-1.", ge=0),
+    ] = 0
     session_expiry: Annotated[
         int,
         _doc(

@@ -134,6 +134,7 @@ def _aggregator(cfg: AggregatorConfig, where: Where, env: Mapping[str, str]) -> 
         problems += _influx_secrets(cfg, url, where, env)
     if cfg.shared_group and (problem := name_problem(cfg.shared_group)):
         problems.append(f"{where('aggregator.shared_group')}: aggregator.shared_group: {problem}")
+    problems += _members(cfg, where)
     problems += _absolute(cfg.state_dir, "aggregator.state_dir", where)
     if cfg.listen:
         try:
@@ -141,6 +142,14 @@ def _aggregator(cfg: AggregatorConfig, where: Where, env: Mapping[str, str]) -> 
         except UrlError as exc:
             problems.append(f"{where('aggregator.listen')}: aggregator.listen: {exc}")
     return problems + _alerts(cfg.alerts, where)
+
+
+def _members(cfg: AggregatorConfig, where: Where) -> list[str]:
+    """Sharing: an index inside the group, and a group to share (docs/sharing.md)."""
+    from telemetryd.shard import membership_problem
+
+    problem = membership_problem(cfg)
+    return [f"{where(problem[0])}: {problem[0]}: {problem[1]}"] if problem else []
 
 
 def _alerts(cfg: AlertsConfig, where: Where) -> list[str]:

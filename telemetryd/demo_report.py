@@ -19,9 +19,10 @@ from exporters.mqtt import Message, MqttSession, MqttSettings, MqttUnavailable
 from telemetryd.alerting.wire import decode_alert
 from telemetryd.backoff import Backoff
 from telemetryd.codec import DecodeError
+from telemetryd.fleetparts import merge_fleet
 from telemetryd.model import FleetSummary, decode_fleet_summary
 from telemetryd.service import stopped_within
-from telemetryd.topics import ROOT, fleet_topic
+from telemetryd.topics import ROOT, fleet_part_topic, fleet_topic, part_member
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,7 @@ class Observer:
         self.cluster = cluster
         self.alerts = alerts
         self.fleet: FleetSummary | None = None
+        self.fleet_parts: dict[int, FleetSummary] = {}  # several aggregators: merged
         self.subscribed = asyncio.Event()
         self.error = ""  # why the last connection attempt failed
         self._clock = clock  # seconds since the scenario began
@@ -216,7 +218,8 @@ class Observer:
         while not stop.is_set():
             try:
                 async with MqttSession(self.settings) as session:
-                    await session.subscribe([f"{self.alerts.prefix}+", fleet_topic(self.cluster)])
+                    await session.subscribe([f"{self.alerts.prefix}+", fleet_topic(self.cluster),
+                                             fleet_part_topic(self.cluster, "+")])  # fmt: skip
                     backoff.reset()
                     self.subscribed.set()
                     reader = asyncio.ensure_future(self._read(session))
@@ -252,6 +255,17 @@ class Observer:
                 self.fleet = decode_fleet_summary(message.payload)
             except DecodeError as exc:
                 log.warning("demo: undecodable fleet summary: %s", exc)
+            return
+        member = part_member(message.topic.split("/")[4:])
+        if message.topic.startswith(fleet_topic(self.cluster) + "/") and member is not None:
+            try:
+                if message.payload:
+                    self.fleet_parts[member] = decode_fleet_summary(message.payload)
+                else:
+                    self.fleet_parts.pop(member, None)
+            except DecodeError as exc:
+                log.warning("demo: undecodable fleet summary part: %s", exc)
+            self.fleet = merge_fleet(self.fleet_parts) if self.fleet_parts else self.fleet
             return
         at = self._clock()
         news = self.alerts.feed(message.topic, message.payload, at)

@@ -49,7 +49,8 @@ def recover(agg: Aggregator) -> None:
             except DecodeError:
                 log.error("WAL record %d does not decode; not replayed", position)
             else:
-                if agg.fleet.claim(report):
+                foreign = agg.shard is not None and not agg.shard.owns(report.cluster, report.node)
+                if not foreign and agg.fleet.claim(report):  # stored here, owned elsewhere
                     events = agg.fleet.on_report(report, time.time_ns())
                     agg.jobs.observe(report)
                     if agg.alerts is not None:  # on sample time: the same states again
@@ -59,3 +60,7 @@ def recover(agg: Aggregator) -> None:
             index = position + 1
     if replayed:
         log.info("replayed %d report(s) from the WAL into the fleet state", replayed)
+    if agg.shard is not None:
+        from telemetryd.shard import drop_foreign
+
+        drop_foreign(agg, agg.shard)  # nodes moved to another member since the snapshot

@@ -102,3 +102,49 @@ def request_cluster(topic: str) -> str | None:
 def watch_filter(cluster: str) -> str:
     """Everything a viewer (top, status) reads of ``cluster`` ("+" for all clusters)."""
     return f"{ROOT}/{cluster}/#"
+
+
+# -- several aggregators on one shared subscription (docs/sharing.md) ------------------------
+FORWARD_ROOT = "telemetryd/fwd"
+
+
+def fleet_part_topic(cluster: str, member: int | str) -> str:
+    """One member's retained share of the fleet summary ("+": every member's)."""
+    return f"{ROOT}/{cluster}/_fleet/part/{member}"
+
+
+def pending_part_topic(cluster: str, member: int) -> str:
+    """One member's retained pending alerts (viewers merge the parts)."""
+    return f"{ROOT}/{cluster}/_pending/part/{member}"
+
+
+def forward_topic(group: str, member: int, original: str) -> str:
+    """Where a member hands a message of a node it does not own to the owner ``member``.
+
+    A root of its own, outside ``telemetry/v1``: viewers watching ``telemetry/v1/+/#``
+    never see the copies, and the original topic rides along so the owner validates the
+    message exactly as if it had come straight from the agent.
+    """
+    return f"{FORWARD_ROOT}/{group}/{member}/{original}"
+
+
+def forward_filter(group: str, member: int) -> str:
+    """The (not shared) filter of everything forwarded to ``member``."""
+    return f"{FORWARD_ROOT}/{group}/{member}/#"
+
+
+def parse_forward_topic(topic: str) -> str | None:
+    """The original topic of a forwarded message, or None when ``topic`` is not one."""
+    if not topic.startswith(FORWARD_ROOT + "/"):
+        return None
+    parts = topic[len(FORWARD_ROOT) + 1 :].split("/", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].startswith(ROOT + "/"):
+        return None
+    return parts[2]
+
+
+def part_member(rest: list[str]) -> int | None:
+    """The member of ``[part, <member>]`` after ``_fleet``/``_pending``, else None."""
+    if len(rest) == 2 and rest[0] == "part" and rest[1].isdigit():
+        return int(rest[1])
+    return None

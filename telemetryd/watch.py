@@ -28,9 +28,10 @@ from telemetryd.alerting.wire import (
     decode_silences,
 )
 from telemetryd.codec import DecodeError
+from telemetryd.fleetparts import merge_fleet, merge_pending
 from telemetryd.model import FleetNode, FleetSummary, decode_fleet_summary
 from telemetryd.names import name_problem
-from telemetryd.topics import ROOT
+from telemetryd.topics import ROOT, part_member
 from telemetryd.watchwire import (
     EventView,
     GpuSample,
@@ -154,6 +155,9 @@ class Watch:
         self.fleets: dict[str, FleetSummary] = {}
         self.firing: dict[tuple[str, str], Alert] = {}  # (cluster, fingerprint)
         self.pending: dict[str, PendingAlerts] = {}
+        # Several aggregators (docs/sharing.md): each member's part, merged into the above.
+        self.fleet_parts: dict[str, dict[int, FleetSummary]] = {}
+        self.pending_parts: dict[str, dict[int, PendingAlerts]] = {}
         self.silences: dict[str, Silences] = {}
         self.messages = 0
         self.rejected: Counter[str] = Counter()
@@ -181,6 +185,8 @@ class Watch:
                     self._fleet(cluster, decode_fleet_summary(payload))
             elif name == "_pending" and not rest:
                 self._set_pending(cluster, payload)
+            elif name in ("_fleet", "_pending") and (member := part_member(rest)) is not None:
+                self._part(cluster, name, member, payload)
             elif name == "_silences" and not rest:
                 self._set_silences(cluster, payload)
             elif name.startswith("_"):
@@ -266,7 +272,9 @@ class Watch:
             return
         state.events.append(event)
 
-    def _fleet(self, cluster: str, summary: FleetSummary) -> None:
+    def _fleet(self, cluster: str, summary: FleetSummary, *, part: bool = False) -> None:
+        if self.fleet_parts.get(cluster) and not part:
+            return  # a plain summary left by a single aggregator: the parts are current
         self.fleets[cluster] = summary
         for fleet_node in summary.nodes:
             self._node(cluster, fleet_node.node).fleet = fleet_node
@@ -278,7 +286,31 @@ class Watch:
             self.firing.pop((cluster, fingerprint), None)
         self.alerts_version += 1
 
+    def _part(self, cluster: str, name: str, member: int, payload: bytes) -> None:
+        """One member's ``_fleet``/``_pending`` part (empty: cleared): merge them again."""
+        if name == "_fleet":
+            fleets = self.fleet_parts.setdefault(cluster, {})
+            if payload:
+                fleets[member] = decode_fleet_summary(payload)
+            else:
+                fleets.pop(member, None)
+            if fleets:
+                self._fleet(cluster, merge_fleet(fleets), part=True)
+            return
+        pending = self.pending_parts.setdefault(cluster, {})
+        if payload:
+            pending[member] = decode_pending(payload)
+        else:
+            pending.pop(member, None)
+        if pending:
+            self.pending[cluster] = merge_pending(pending)
+        else:
+            self.pending.pop(cluster, None)
+        self.alerts_version += 1
+
     def _set_pending(self, cluster: str, payload: bytes) -> None:
+        if self.pending_parts.get(cluster):
+            return  # a plain list left by a single aggregator: the parts are current
         if payload:
             self.pending[cluster] = decode_pending(payload)
         else:

@@ -17,7 +17,7 @@ included) is saved with the fleet snapshot, so a restart forgets nothing.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -403,6 +403,21 @@ class Engine:
             self._resolve(alert, now_ns)
             for fingerprints in self.by_gpu.values():
                 fingerprints.discard(alert.fingerprint)
+
+    def forget_nodes(self, gone: Callable[[str, str], bool], now_ns: int) -> None:
+        """Nodes another aggregator now owns (shard.py): firing alerts resolve, state goes."""
+        for alert in list(self.active.values()):
+            cluster, node = alert.labels.get("cluster"), alert.labels.get("node")
+            if cluster and node and gone(cluster, node):
+                self._resolve(alert, now_ns)
+        for key in [k for k in self.latest if gone(*k)]:
+            del self.latest[key]
+        for key in [k for k in self.extra if gone(*k)]:
+            del self.extra[key]
+        for gpu in [k for k in self.by_gpu if gone(k[0], k[1])]:
+            del self.by_gpu[gpu]
+        for history in [k for k in self.histories if len(k) > 2 and gone(k[1], k[2])]:
+            del self.histories[history]
 
     # -- persistence -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

@@ -38,7 +38,12 @@ from telemetryd.alerting.wire import (
 )
 from telemetryd.codec import DecodeError, encode_json
 from telemetryd.ingest import Reason, decode_reason
-from telemetryd.topics import pending_topic, silence_request_filters, silences_topic
+from telemetryd.topics import (
+    pending_part_topic,
+    pending_topic,
+    silence_request_filters,
+    silences_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,7 @@ class Panel:
         self.interval = interval
         self.value_refresh = value_refresh
         self.applied = 0  # silences added from requests (duplicates not counted)
+        self.part: int | None = None  # a group member publishes _pending/part/<member>
         self._sent: dict[str, _Sent] = {}
         self._next = 0.0  # monotonic time of the next rebuild
         self._error = ""  # the last publish failure, logged once
@@ -129,7 +135,12 @@ class Panel:
         for cluster in self.clusters(pending):
             listing = self.pending_message(cluster, pending, now_ns)
             shape = encode_json([[a.fingerprint for a in listing.alerts], listing.truncated])
-            self._consider(out, pending_topic(cluster), listing, shape, now_mono)
+            topic = (
+                pending_topic(cluster)
+                if self.part is None
+                else pending_part_topic(cluster, self.part)
+            )  # viewers merge the members' parts
+            self._consider(out, topic, listing, shape, now_mono)
             muted = self.silences_message(cluster, now_ns)
             self._consider(out, silences_topic(cluster), muted, b"", now_mono)
         return out
