@@ -175,10 +175,15 @@ def collect(
 )
 @click.option("--cluster", metavar="NAME", help="Cluster to watch; + watches every cluster.")
 @click.option("--refresh", type=float, metavar="S", help="Seconds between redraws.")
+@_federation_options
 def top(
-    config_file: str | None, broker: str | None, cluster: str | None, refresh: float | None
-) -> None:
-    """The fleet live in the terminal: heatmap, nodes, node detail, alerts."""
+    config_file: str | None, broker: str | None, cluster: str | None, refresh: float | None,
+    federation: bool, prefix: str,
+) -> None:  # fmt: skip
+    """The fleet live in the terminal: heatmap, nodes, node detail, alerts.
+
+    With --federation, every site on a national broker, nodes from their rollups.
+    """
     import os
     import socket
 
@@ -195,6 +200,10 @@ def top(
     given = [name for name, value in (("broker", broker), ("cluster", cluster)) if value]
     client_id = f"telemetryd-top-{socket.gethostname()}-{os.getpid()}"
     settings = viewer_settings(cfg, client_id=client_id, options=given)
+    if federation:
+        from telemetryd import fedtop
+
+        sys.exit(fedtop.main(cfg, settings, _checked_prefix(prefix, cluster)))
     sys.exit(main_top(cfg, settings))
 
 

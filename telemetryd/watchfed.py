@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from exporters.mqtt import MqttSession, MqttSettings, MqttUnavailable
 from telemetryd.backoff import Backoff
@@ -148,9 +149,21 @@ class FederationWatch:
         self.last_problem = line
 
 
+class Fed(Protocol):
+    """What :func:`follow` feeds: a FederationWatch, or top's NationalWatch (fedtop.py)."""
+
+    prefix: str
+    connected: bool
+    connection: str
+    version: int
+
+    def ingest(self, topic: str, payload: bytes) -> None:
+        """Take one message."""
+
+
 async def follow(
     settings: MqttSettings,
-    watch: FederationWatch,
+    watch: Fed,
     *,
     stop: asyncio.Event,
     on_message: Callable[[], None] | None = None,
@@ -186,9 +199,7 @@ async def follow(
     watch.connected = False
 
 
-async def _read(
-    session: MqttSession, watch: FederationWatch, on_message: Callable[[], None] | None
-) -> None:
+async def _read(session: MqttSession, watch: Fed, on_message: Callable[[], None] | None) -> None:
     async for message in session.messages():
         watch.ingest(message.topic, message.payload)
         if on_message is not None:
