@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from exporters.mqtt import MqttSettings
 from telemetryd.alerting.model import Alert
-from telemetryd.codec import DecodeError
+from telemetryd.codec import DecodeError, convert, to_builtins
 from telemetryd.config import TopConfig
 from telemetryd.model import FleetNode
 from telemetryd.rollupmodel import Rollup
@@ -169,6 +169,8 @@ def app(cfg: TopConfig, settings: MqttSettings, prefix: str) -> TopApp:
             assert isinstance(self.live, NationalWatch)
             await follow(self.mqtt(), self.live, stop=self._stop)
 
+    # Read-only: silence requests never cross a bridge; a silence is added at its site.
+    cfg = convert({**to_builtins(cfg), "allow_silence": False}, TopConfig)
     watch = NationalWatch(prefix=prefix, silent_after=cfg.silent_after, history=cfg.history)
     return NationalTop(cfg, settings=settings, watch=watch,
                        title=f"telemetryd top --federation ({prefix}/)")  # fmt: skip

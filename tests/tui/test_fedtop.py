@@ -51,5 +51,6 @@ def test_national_top_follows_the_national_broker(mosquitto: Mosquitto) -> None:
                     break
             assert ("site-x/c9", "n7") in app.live.nodes
             assert app.title == "telemetryd top --federation (sites/)"
+            assert not app.cfg.allow_silence  # silence requests never cross a bridge
 
     asyncio.run(run())
