@@ -76,10 +76,6 @@ class NodeAcc:
     gpus: dict[int, GpuAcc] = field(default_factory=dict)
 
 
-def _max(a: float | None, b: float | None) -> float | None:
-    return b if a is None else a if b is None else max(a, b)
-
-
 class Rollups:
     """Accumulates accepted reports; ``due``/``publish`` turn them into retained rollups."""
 
@@ -107,10 +103,11 @@ class Rollups:
             return
         acc.newest_ns = report.time_ns
         acc.reports += 1
-        for gpu in report.gpus:
-            g = acc.gpus.get(gpu.index)
+        gpus = acc.gpus
+        for gpu in report.gpus:  # a few comparisons per GPU: this runs for every report
+            g = gpus.get(gpu.index)
             if g is None or g.uuid != gpu.uuid:
-                g = acc.gpus[gpu.index] = GpuAcc(gpu.uuid)
+                g = gpus[gpu.index] = GpuAcc(gpu.uuid)
             g.samples += 1
             if gpu.error is not None:
                 g.failed += 1
@@ -118,26 +115,33 @@ class Rollups:
                 g.health = cast(Health, code) if code in HEALTHS else "error"
             else:
                 g.health = "ok"
-            if gpu.util_gpu_pct is not None:
-                g.util_sum += gpu.util_gpu_pct
+            value = gpu.util_gpu_pct
+            if value is not None:
+                g.util_sum += value
                 g.util_n += 1
-                g.util_max = max(g.util_max or 0, gpu.util_gpu_pct)
+                if g.util_max is None or value > g.util_max:
+                    g.util_max = value
             if gpu.power_w is not None:
                 g.power_sum += gpu.power_w
                 g.power_n += 1
-            g.temp_max = _max(g.temp_max, gpu.temp_c)
-            if gpu.fb_used_bytes is not None:
-                g.mem_max = max(g.mem_max or 0, gpu.fb_used_bytes)
-            g.mem_total = gpu.fb_total_bytes if gpu.fb_total_bytes is not None else g.mem_total
+            temp = gpu.temp_c
+            if temp is not None and (g.temp_max is None or temp > g.temp_max):
+                g.temp_max = temp
+            used = gpu.fb_used_bytes
+            if used is not None and (g.mem_max is None or used > g.mem_max):
+                g.mem_max = used
+            if gpu.fb_total_bytes is not None:
+                g.mem_total = gpu.fb_total_bytes
             if gpu.energy_mj is not None:
                 if g.energy_first is None:
                     before = self.energy.get((report.cluster, report.node, gpu.uuid))
                     g.energy_first = before if before is not None else gpu.energy_mj
                 g.energy_last = gpu.energy_mj
-            for owner in counted(gpu.owners):  # every holder in the interval, ids only
-                held = job_key(owner)
-                if held is not None and held[0] not in g.jobs:
-                    g.jobs.append(held[0])
+            if gpu.owners:
+                for owner in counted(gpu.owners):  # every holder in the interval, ids only
+                    held = job_key(owner)
+                    if held is not None and held[0] not in g.jobs:
+                        g.jobs.append(held[0])
         for event in report.events:
             g = acc.gpus.get(event.gpu_index) if event.gpu_index is not None else None
             if g is None:
@@ -159,9 +163,11 @@ class Rollups:
         """
         rollups: list[Rollup] = []
         for key, state in sorted(fleet.nodes.items()):
-            acc = self.nodes.pop(key, NodeAcc())
-            gpus = {index: GpuAcc(uuid) for uuid, index in state.gpus.items()}
-            gpus.update(acc.gpus)
+            acc = self.nodes.pop(key, None) or NodeAcc()
+            gpus = acc.gpus
+            if len(gpus) != len(state.gpus):  # known GPUs without a reading: listed, unknown
+                for uuid, index in state.gpus.items():
+                    gpus.setdefault(index, GpuAcc(uuid))
             rollups.append(Rollup(
                 schema=ROLLUP_SCHEMA, cluster=state.cluster, node=state.node, time_ns=now_ns,
                 start_ns=self.start_ns, state=fleet.node_state(state, now_ns),
