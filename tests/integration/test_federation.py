@@ -158,10 +158,10 @@ def test_a_site_bridges_only_its_summaries(
     n3 = decode_rollup(seen["sites/site-a/telemetry/v1/c1/_rollup/n3"])
     assert [g.health for g in n3.gpus] == ["ok", "gpu_lost"] and n3.state == "online"
     assert n3.gpus[0].power_mean_w is not None and n3.gpus[0].util_mean_pct is not None
-    n9 = next(
+    secret = next(
         r for t, p in history if t.endswith("/_rollup/n9") and (r := decode_rollup(p)).reports
     )
-    assert len(n9.gpus) == 8 and n9.jobs == ["4242"]  # the job id crosses, its command not
+    assert len(secret.gpus) == 8 and secret.jobs == ["4242"]  # the job id crosses, not its command
 
     # The site's bridge account may write under its own prefix only (MQTT 5: PUBACK 0x87).
     with SyncClient(national.port, username="site-a", password=SITE_PASSWORD,

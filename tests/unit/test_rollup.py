@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
 
+from exporters.mqtt import MqttUnavailable
 from telemetryd.codec import DecodeError, encode_json
 from telemetryd.configload import load
 from telemetryd.errors import ConfigError
@@ -145,3 +147,29 @@ def test_rollup_interval_defaults_and_may_be_off(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text("[aggregator]\nrollup_interval = 0\n")
     assert load(str(path), env={}).config.aggregator.rollup_interval == 0
+
+
+def test_tick_publishes_when_due_and_survives_a_lost_broker() -> None:
+    class Session:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+            self.sent: list[tuple[str, bool]] = []
+
+        async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+            if self.fail:
+                raise MqttUnavailable("the connection closed")
+            self.sent.append((topic, retain))
+
+    fleet, rollups = Fleet(silent_after=3), Rollups(0.05)
+    accept(fleet, rollups, report(1))
+    ok, broken = Session(False), Session(True)
+    asyncio.run(rollups.tick(fleet, ok))  # type: ignore[arg-type]  # not due yet
+    assert ok.sent == []
+    time.sleep(0.06)
+    asyncio.run(rollups.tick(fleet, None))  # not connected: waits, stays due
+    assert rollups.due()
+    asyncio.run(rollups.tick(fleet, broken))  # type: ignore[arg-type]  # logged, not raised
+    assert rollups._error == "the connection closed"
+    time.sleep(0.06)
+    asyncio.run(rollups.tick(fleet, ok))  # type: ignore[arg-type]
+    assert ok.sent == [(rollup_topic("c1", "n1"), True)] and rollups._error == ""
