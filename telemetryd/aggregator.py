@@ -42,6 +42,7 @@ from telemetryd.jobs import JobTable
 from telemetryd.model import EventMessage, Report, Status
 from telemetryd.names import sanitize_hostname
 from telemetryd.reload import Reloader, reload_aggregator
+from telemetryd.rollup import Rollups
 from telemetryd.sdnotify import Notifier, Supervisor, Watchdog
 from telemetryd.service import stopped_within
 from telemetryd.shard import Shard, forward
@@ -97,6 +98,7 @@ class Aggregator:
         self.metrics: FleetCollector | None = None  # fed each new report when /metrics is served
         self.alerts: AlertService | None = None  # the alert engine, unless turned off
         self.jobs = JobTable()  # running and recently ended jobs, joined across nodes
+        self.rollups = Rollups(cfg.rollup_interval)  # per-node summaries for federation
         self._session: MqttSession | None = None
         self._commit_lock = asyncio.Lock()
         self._summary_error = ""
@@ -167,6 +169,7 @@ class Aggregator:
                 self.fleet.claim(report)
                 events = self.fleet.on_report(report, now)
                 self.jobs.observe(report)
+                self.rollups.observe(report)
                 fleet_events += events
                 if self.metrics is not None:
                     self.metrics.observe(report, now)
@@ -364,6 +367,7 @@ class Aggregator:
             if now - last_summary >= self.cfg.fleet_interval:
                 await self._publish_summaries()
                 last_summary = now
+            await self.rollups.tick(self.fleet, self._session)
             session = self._session
             if self.alerts is not None and session is not None:
                 # What the 1 s tick changed (a node gone silent) when no message comes.

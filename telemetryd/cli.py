@@ -41,6 +41,50 @@ def cli(log_level: str, debug: bool) -> None:
     _setup_logging("debug" if debug else log_level)
 
 
+def _federation_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--federation`` and ``--prefix``, shared by top and status."""
+    command = click.option(
+        "--prefix", default="sites", show_default=True, metavar="LEVELS",
+        help="With --federation: the topic levels each site's bridge maps its summaries "
+        "under (<prefix>/<site>/telemetry/v1/...).",
+    )(command)  # fmt: skip
+    return click.option(
+        "--federation", is_flag=True,
+        help="Watch a national broker: every site's summaries, rollups and alerts "
+        "(docs/federation.md).",
+    )(command)  # fmt: skip
+
+
+def _checked_prefix(prefix: str, cluster: str | None) -> str:
+    from telemetryd.watchfed import prefix_problem
+
+    if cluster:
+        raise click.UsageError("--cluster cannot be combined with --federation (every site "
+                               "and cluster is shown)")  # fmt: skip
+    problem = prefix_problem(prefix.strip("/"))
+    if problem:
+        raise click.UsageError(f"--prefix {prefix!r}: {problem}")
+    return prefix.strip("/")
+
+
+def _federation_status(
+    ctx: click.Context, settings: Any, prefix: str, wait: float, stale: float, as_json: bool
+) -> None:
+    import asyncio
+
+    from telemetryd import fedstatus
+    from telemetryd.codec import encode_json
+    from telemetryd.status import BrokerUnreachable
+
+    try:
+        doc = asyncio.run(fedstatus.status(settings, prefix, wait, stale))
+    except BrokerUnreachable as exc:
+        click.echo(f"telemetryd status: {exc}", err=True)
+        ctx.exit(2)
+    click.echo(encode_json(doc).decode() if as_json else fedstatus.render(doc))
+    ctx.exit(doc.exit_code)
+
+
 def _overrides(**options: tuple[str, Any]) -> dict[str, tuple[str, Any]]:
     return {key: value for key, value in options.items() if value[1] is not None}
 
@@ -131,10 +175,15 @@ def collect(
 )
 @click.option("--cluster", metavar="NAME", help="Cluster to watch; + watches every cluster.")
 @click.option("--refresh", type=float, metavar="S", help="Seconds between redraws.")
+@_federation_options
 def top(
-    config_file: str | None, broker: str | None, cluster: str | None, refresh: float | None
-) -> None:
-    """The fleet live in the terminal: heatmap, nodes, node detail, alerts."""
+    config_file: str | None, broker: str | None, cluster: str | None, refresh: float | None,
+    federation: bool, prefix: str,
+) -> None:  # fmt: skip
+    """The fleet live in the terminal: heatmap, nodes, node detail, alerts.
+
+    With --federation, every site on a national broker, nodes from their rollups.
+    """
     import os
     import socket
 
@@ -151,6 +200,10 @@ def top(
     given = [name for name, value in (("broker", broker), ("cluster", cluster)) if value]
     client_id = f"telemetryd-top-{socket.gethostname()}-{os.getpid()}"
     settings = viewer_settings(cfg, client_id=client_id, options=given)
+    if federation:
+        from telemetryd import fedtop
+
+        sys.exit(fedtop.main(cfg, settings, _checked_prefix(prefix, cluster)))
     sys.exit(main_top(cfg, settings))
 
 
@@ -281,15 +334,21 @@ def aggregator(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (docs/status.md).")
 @click.option("--wait", type=float, metavar="S",
               help="Longest wait for one report from each online node.  [default: 5]")  # fmt: skip
+@_federation_options
+@click.option("--stale", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, metavar="S",
+              help="With --federation: a site whose newest summary is older is stale "
+              "(exit 3).")  # fmt: skip
 @click.pass_context
 def status(
     ctx: click.Context, config_file: str | None, broker: str | None, cluster: str | None,
-    as_json: bool, wait: float | None,
+    as_json: bool, wait: float | None, federation: bool, prefix: str, stale: float,
 ) -> None:  # fmt: skip
     """Summarise the fleet once: nodes, GPUs, firing alerts, top consumers.
 
     Exit code 0 when no alert fires (silenced ones do not count), 1 when one does, 2 on
-    bad usage or when the broker cannot be reached.
+    bad usage or when the broker cannot be reached. With --federation (a national broker,
+    docs/federation.md): one line per site, and 3 when a site's summary is stale.
     """
     import asyncio
     import os
@@ -309,6 +368,9 @@ def status(
     given = [name for name, value in (("broker", broker), ("cluster", cluster)) if value]
     client_id = f"telemetryd-status-{socket.gethostname()}-{os.getpid()}"
     settings = viewer_settings(cfg, client_id=client_id, options=given)
+    if federation:
+        _federation_status(ctx, settings, _checked_prefix(prefix, cluster), cfg.wait, stale,
+                           as_json)  # fmt: skip
     try:
         doc = asyncio.run(status_mod.status(settings, cfg))
     except status_mod.BrokerUnreachable as exc:

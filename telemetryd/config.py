@@ -383,6 +383,15 @@ class AggregatorConfig(_BrokerSection):
         float,
         _doc("Seconds between publications of the retained fleet summary.", gt=0),
     ] = 5.0
+    rollup_interval: Annotated[
+        float,
+        _doc(
+            "Seconds between the retained per-node rollups on telemetry/v1/<cluster>/_rollup/"
+            "<node> that a site bridges to a national broker (docs/federation.md); 0: none. "
+            "Not below fleet_interval.",
+            ge=0,
+        ),
+    ] = 60.0
     silent_after: Annotated[
         float,
         _doc("A node without a report for this many of its intervals is 'silent'.", gt=1),

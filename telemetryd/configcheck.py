@@ -136,6 +136,10 @@ def _aggregator(cfg: AggregatorConfig, where: Where, env: Mapping[str, str]) -> 
         problems.append(f"{where('aggregator.shared_group')}: aggregator.shared_group: {problem}")
     problems += _members(cfg, where)
     problems += _absolute(cfg.state_dir, "aggregator.state_dir", where)
+    if 0 < cfg.rollup_interval < cfg.fleet_interval:
+        problems.append(f"{where('aggregator.rollup_interval')}: aggregator.rollup_interval: "
+                        f"{cfg.rollup_interval:g} is below fleet_interval "
+                        f"({cfg.fleet_interval:g}); expected 0 (off) or at least that")  # fmt: skip
     if cfg.listen:
         try:
             parse_listen(cfg.listen)

@@ -185,7 +185,7 @@ class AgentReload:
 #: What a running aggregator can take; any other changed key is refused.
 AGGREGATOR_APPLIED = frozenset({
     "sinks", "influxdb", "prometheus", "alerts", "max_payload_bytes", "max_clock_skew",
-    "max_report_age", "sink_retry_max", "fleet_interval", "silent_after",
+    "max_report_age", "sink_retry_max", "fleet_interval", "silent_after", "rollup_interval",
 })  # fmt: skip
 
 
@@ -211,6 +211,7 @@ async def reload_aggregator(aggregator: Aggregator, cfg: AggregatorConfig) -> No
     aggregator.cfg = cfg
     aggregator.limits = Limits(cfg.max_payload_bytes, cfg.max_clock_skew, cfg.max_report_age)
     aggregator.fleet.silent_after = cfg.silent_after
+    aggregator.rollups.interval_s = cfg.rollup_interval
     if alerts_apply is not None:
         await alerts_apply()
     aggregator.runners.retry_max = cfg.sink_retry_max  # for the runners started from here

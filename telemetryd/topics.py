@@ -1,9 +1,11 @@
 """The MQTT topic tree, in one place.
 
 ``telemetry/v1/<cluster>/<node>/{report,event,status}`` from agents; the aggregator's own
-``telemetry/v1/<cluster>/_fleet`` (retained summary), ``.../_fleet/event`` and
-``.../_alerts/<fingerprint>``. Names were validated before they get here (names.py), so a
-topic built here cannot escape its place; parsing refuses anything else with the reason.
+``telemetry/v1/<cluster>/_fleet`` (retained summary), ``.../_fleet/event``,
+``.../_alerts/<fingerprint>`` and ``.../_rollup/<node>`` (retained per-node rollups, the
+part of a site that federation bridges out: docs/federation.md). Names were validated
+before they get here (names.py), so a topic built here cannot escape its place; parsing
+refuses anything else with the reason.
 """
 
 from __future__ import annotations
@@ -30,6 +32,23 @@ def fleet_topic(cluster: str) -> str:
 def fleet_event_topic(cluster: str) -> str:
     """Events the aggregator itself observes (a GPU vanished from a node's inventory)."""
     return f"{ROOT}/{cluster}/_fleet/event"
+
+
+def rollup_topic(cluster: str, node: str) -> str:
+    """The aggregator's retained rollup of one node (rollupmodel.Rollup; empty: forgotten)."""
+    return f"{ROOT}/{cluster}/_rollup/{node}"
+
+
+def parse_rollup_topic(topic: str) -> tuple[str, str] | str:
+    """(cluster, node) of a rollup topic, or why it is not one."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:2]) != ROOT or parts[3] != "_rollup":
+        return f"expected {ROOT}/<cluster>/_rollup/<node>"
+    for what, value in (("cluster", parts[2]), ("node", parts[4])):
+        problem = name_problem(value)
+        if problem:
+            return f"{what} {value!r} {problem}"
+    return parts[2], parts[4]
 
 
 def subscriptions(clusters: list[str], shared_group: str = "") -> list[str]:

@@ -246,6 +246,7 @@ def test_node_cannot_publish_as_another_node_or_as_the_aggregator(site: Site, v5
         FLEET,
         "telemetry/v1/c1/_fleet/event",
         "telemetry/v1/c1/_alerts/deadbeef",
+        "telemetry/v1/c1/_rollup/node-01",
         "telemetry/v1/c1/node-01/other",  # own node, but not one of the three leaves
         "elsewhere/x",
     ]
@@ -309,6 +310,8 @@ def test_aggregator_writes_fleet_and_alerts_but_not_node_topics(site: Site) -> N
         assert agg.publish("telemetry/v1/c1/_alerts/deadbeef", b"firing", retain=True) == 0
         assert agg.publish("telemetry/v1/c1/_pending", b"pending", retain=True) == 0
         assert agg.publish("telemetry/v1/c1/_silences", b"silences", retain=True) == 0
+        assert agg.publish("telemetry/v1/c1/_rollup/node-01", b"rollup", retain=True) == 0
+        assert agg.publish("telemetry/v1/c1/_rollup/n/x", b"deeper") == NOT_AUTHORIZED
         assert agg.publish("telemetry/v1/c1/_silences/request", b"mute") == NOT_AUTHORIZED
         assert agg.publish(REPORT, b"forged") == NOT_AUTHORIZED
         assert agg.publish(STATUS, b"offline") == NOT_AUTHORIZED
@@ -321,6 +324,7 @@ def test_aggregator_writes_fleet_and_alerts_but_not_node_topics(site: Site) -> N
             "telemetry/v1/c1/_alerts/deadbeef",
             "telemetry/v1/c1/_pending",
             "telemetry/v1/c1/_silences",
+            "telemetry/v1/c1/_rollup/node-01",
         ]
 
 
