@@ -27,6 +27,7 @@ from telemetryd.codec import DecodeError, convert, to_builtins
 from telemetryd.config import TopConfig
 from telemetryd.model import FleetNode
 from telemetryd.rollupmodel import Rollup
+from telemetryd.topics import part_member
 from telemetryd.watch import METRICS, GpuState, NodeState, NodeStateName, Watch
 from telemetryd.watchfed import BRIDGE_STATE, FederationWatch, follow
 from telemetryd.watchwire import ErrorView, GpuSample, Ring, sampled_value
@@ -88,7 +89,8 @@ class NationalWatch(Watch):
         try:
             if kind == "_rollup":
                 self._rollup(site, cluster, rest[0])
-            elif kind == "_fleet" and not rest:
+            elif kind == "_fleet" and (not rest or part_member(rest) is not None):
+                # The site's Watch has merged a group's parts (fleetparts.py) already.
                 summary = fed.sites[site].watch.fleets.get(parts[2])
                 if summary is not None:
                     self._fleet(cluster, summary)
@@ -100,6 +102,13 @@ class NationalWatch(Watch):
                     alert.labels["cluster"] = site_cluster(site, alert.labels.get("cluster", ""))
             elif kind == "_pending" and not rest:
                 self._set_pending(cluster, payload)
+            elif kind == "_pending" and part_member(rest) is not None:
+                merged = fed.sites[site].watch.pending.get(parts[2])
+                if merged is not None:
+                    self.pending[cluster] = merged
+                else:
+                    self.pending.pop(cluster, None)
+                self.alerts_version += 1
             elif kind == "_silences" and not rest:
                 self._set_silences(cluster, payload)
             else:

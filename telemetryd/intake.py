@@ -34,6 +34,18 @@ class Sorted:
     requests: list[Message] = field(default_factory=list)  # silence requests
     counters: list[Message] = field(default_factory=list)  # the broker's $SYS topics
     events: int = 0
+    own: int = 0  # aggregators' own publications the node filters also match: skipped
+
+
+def is_aggregator_topic(topic: str) -> bool:
+    """``telemetry/v1/<cluster>/_<something>/<kind>``: published by an aggregator, not a node.
+
+    The node filters (``telemetry/v1/+/+/event``) also match ``.../_fleet/event`` and the
+    rollup of a node named ``report``; node names never start with "_" (names.py), so such a
+    message is ours coming back, not a bad report to dead-letter.
+    """
+    parts = topic.split("/", 4)
+    return len(parts) == 5 and parts[3].startswith("_")
 
 
 def sort_batch(
@@ -58,6 +70,9 @@ def sort_batch(
         original = parse_forward_topic(message.topic)
         forwarded = original is not None
         topic = original if original is not None else message.topic
+        if is_aggregator_topic(topic):
+            out.own += 1  # our own .../_fleet/event (or a rollup of a node named "event")
+            continue
         if not forwarded:
             fleet.received += 1  # a forwarded copy was counted by the member that got it
         result = validate(topic, message.payload, limits, now)

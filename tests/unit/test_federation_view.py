@@ -128,3 +128,23 @@ def test_national_top_rows_come_from_rollups() -> None:
     assert ("site-a/c1", "n1") not in watch.nodes
     watch.ingest("sites/site-a/telemetry/v1/c1/n1/report", b"{}")
     assert watch.rejected == {"national": 1} and "raw site data" in watch.last_problem
+
+
+def test_national_top_merges_a_sites_group_parts() -> None:
+    # A site with two aggregators in a $share group (docs/sharing.md) publishes parts.
+    from telemetryd.alerting.wire import PendingAlerts
+
+    watch = NationalWatch(prefix="sites", clock=lambda: NOW)
+    watch.ingest("sites/site-a/telemetry/v1/c1/_fleet/part/0", summary(["n1"]))
+    watch.ingest("sites/site-a/telemetry/v1/c1/_fleet/part/1", summary(["n2", "n3"]))
+    assert watch.rejected == {}
+    fleet = watch.fleets["site-a/c1"]
+    assert [n.node for n in fleet.nodes] == ["n1", "n2", "n3"]
+    fp, _ = alert("n2")
+    hot = Alert(fingerprint=fp, status="firing", labels={"alertname": "GpuLost", "node": "n2",
+                "severity": "critical", "cluster": "c1"})  # fmt: skip
+    pending = PendingAlerts(time_ns=NOW, alerts=[hot])
+    watch.ingest("sites/site-a/telemetry/v1/c1/_pending/part/1", encode_json(pending))
+    assert [a.fingerprint for a in watch.pending["site-a/c1"].alerts] == [fp]
+    watch.ingest("sites/site-a/telemetry/v1/c1/_pending/part/1", b"")
+    assert "site-a/c1" not in watch.pending

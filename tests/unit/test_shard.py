@@ -183,6 +183,26 @@ def test_sort_stores_all_feeds_own_and_forwards_the_rest(tmp_path: Path) -> None
     assert dead.counts == {}
 
 
+def test_the_aggregators_own_topics_coming_back_are_skipped_not_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    # telemetry/v1/+/+/event matches the aggregator's own .../_fleet/event, and .../+/report
+    # the rollup of a node named "report": neither is a node's message.
+    fleet = Fleet(silent_after=3.0)
+    dead = DeadLetters(tmp_path / "dead.jsonl", max_bytes=1 << 20)
+    limits = Limits(4 << 20, 300.0, 86400.0)
+    batch = [
+        Message("telemetry/v1/c1/_fleet/event", b'{"schema": 1}', 1, False, 1),
+        Message("telemetry/v1/c1/_rollup/report", b'{"schema": 1}', 1, True, 2),
+        Message("telemetry/v1/c1/n_1/report", b"{", 1, False, 3),  # a node's: refused
+    ]
+    got = sort_batch(batch, fleet=fleet, limits=limits, deadletters=dead, shard=None,
+                     now=time.time_ns())  # fmt: skip
+    assert got.own == 2
+    assert sum(dead.counts.values()) == 1
+    assert fleet.received == 1
+
+
 def test_a_forwarded_duplicate_is_counted_not_fed(tmp_path: Path) -> None:
     shard = Shard("g1", 2, 1)
     node = nodes_of(1)[0]
