@@ -289,17 +289,24 @@ def agent_points(port: int, db: str) -> int:
 
 
 def _wal_records(wal: Path) -> int:
-    """Records in the WAL, from their headers only (cheap enough to poll)."""
+    """Records ever appended to the WAL: a segment is named by its first record's index, so
+    the last segment's name plus the records in it (read from their headers: cheap enough to
+    poll) counts them all, also after older segments were released."""
     total = 0
     for seg in wal.glob("*.wal"):
-        with open(seg, "rb") as handle:
+        try:
+            handle = open(seg, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            continue  # released meanwhile; a later segment counts past it
+        with handle:
             size = os.fstat(handle.fileno()).st_size
-            pos = 0
+            pos = records = 0
             while pos + 8 <= size:
                 handle.seek(pos)
                 length = int.from_bytes(handle.read(4), "little")
                 pos += 8 + length
-                total += 1 if pos <= size else 0
+                records += 1 if pos <= size else 0
+        total = max(total, int(seg.stem) + records)
     return total
 
 

@@ -19,15 +19,18 @@ makes the session fall back to 3.1.1 once, with a log line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -37,6 +40,8 @@ from telemetryd.urls import BrokerUrl
 log = logging.getLogger(__name__)
 
 _UNSUPPORTED_PROTOCOL = {1, 0x84}  # CONNACK: v3.1.1 code 1, v5 reason 0x84
+_URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar("mqtt_urgent", default=False)
+HARD_FACTOR = 4  # reading pauses at HARD_FACTOR x max_pending even while a publish waits
 
 
 class MqttUnavailable(Exception):
@@ -108,6 +113,7 @@ class MqttSession:
         self._paused = False
         self._consuming = False
         self._awaiting_acks = 0  # publishes waiting for their PUBACK: reading may not pause
+        self._urgent_waits = 0  # of those, the consumer's own (see ``urgent``)
 
     def _build(self) -> aiomqtt.Client:
         s = self.settings
@@ -152,17 +158,24 @@ class MqttSession:
 
         client._client.on_publish = on_publish
         if s.max_pending:
+            # paho's loop_read takes as many packets per wake-up as it has publishes in
+            # flight (thousands while alerts go out), so removing our reader is not enough
+            # to pause: once paused, its next packet read answers "would block" (private
+            # API, as manual ack above; a packet half read stays in paho's buffer).
+            paho: Any = client._client
+            read_packet = paho._packet_read
+
+            def packet_read() -> Any:
+                return MQTTErrorCode.MQTT_ERR_AGAIN if self._paused else read_packet()
+
+            paho._packet_read = packet_read
             received: Any = client._client.on_message
 
             def on_message(*args: Any) -> None:
                 received(*args)
                 # Only once someone takes messages: before that a pause would also hold
                 # back the SUBACK we are waiting for (a resumed session's backlog comes first).
-                if (
-                    self._consuming
-                    and not self._awaiting_acks
-                    and client._queue.qsize() >= s.max_pending
-                ):
+                if self._consuming and self._over_limit(client._queue.qsize()):
                     self.pause_reading()
 
             client._client.on_message = on_message
@@ -213,6 +226,37 @@ class MqttSession:
             raise MqttUnavailable("not connected")
         return self._client
 
+    def _over_limit(self, queued: int) -> bool:
+        """Whether reading must pause with ``queued`` messages waiting to be taken.
+
+        At ``max_pending``, unless a publish waits for its PUBACK (which is on the socket
+        behind them). At HARD_FACTOR x ``max_pending`` even then, unless the waiting
+        publish is the consumer's own: it alone cannot wait for the queue to drain, since
+        it is what drains it. Mosquitto sends a backlog past its in-flight window, so
+        without the hard bound a consumer that publishes between batches while behind
+        read the whole backlog into memory (a gigabyte in a minute at 1,500 reports/s).
+        """
+        limit = self.settings.max_pending
+        if not limit:
+            return False
+        if not self._awaiting_acks:
+            return queued >= limit
+        return not self._urgent_waits and queued >= HARD_FACTOR * limit
+
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        """Publishes in this block (and tasks it starts) are the consumer's own.
+
+        They keep the socket read while they wait for their PUBACK, however full the
+        queue: the consumer is blocked on them, so nobody else would take messages and
+        make room. Use it only in the task that takes ``messages``.
+        """
+        token = _URGENT.set(True)
+        try:
+            yield
+        finally:
+            _URGENT.reset(token)
+
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> None:
@@ -234,9 +278,13 @@ class MqttSession:
         pending: set[asyncio.Future[Any]] = {waiter, disconnected}
         # The PUBACK comes on the socket a full queue has paused: read while waiting, or a
         # consumer that publishes between batches (alerts, fleet events) would wait out the
-        # timeout with its backlog unread. Messages read meanwhile wait in the queue.
+        # timeout with its backlog unread. Messages read meanwhile wait in the queue, up to
+        # the hard bound for anyone but the consumer itself (_over_limit).
+        urgent = _URGENT.get()
         self._awaiting_acks += 1
-        self.resume_reading()
+        self._urgent_waits += urgent
+        if not self._over_limit(client._queue.qsize()):
+            self.resume_reading()
         try:
             done, _ = await asyncio.wait(
                 pending,
@@ -245,13 +293,8 @@ class MqttSession:
             )
         finally:
             self._awaiting_acks -= 1
-            limit = self.settings.max_pending
-            if (
-                not self._awaiting_acks
-                and limit
-                and self._consuming
-                and client._queue.qsize() >= limit
-            ):
+            self._urgent_waits -= urgent
+            if self._consuming and self._over_limit(client._queue.qsize()):
                 self.pause_reading()
         if waiter not in done:
             self._acks.pop(info.mid, None)

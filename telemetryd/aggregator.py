@@ -102,6 +102,7 @@ class Aggregator:
         self._session: MqttSession | None = None
         self._commit_lock = asyncio.Lock()
         self._summary_error = ""
+        self._events_out: list[EventMessage] = []  # fleet events not yet published
         self.watchdog = Watchdog(Notifier(None))  # fed by the consumer and housekeeping
         self._status_mark = (time.monotonic(), 0)  # (when, accepted) at the last STATUS=
 
@@ -137,13 +138,14 @@ class Aggregator:
         if done is None:
             return  # stopping with the batch unwritten: unacknowledged, sent again
         if got.forwards:  # other members' nodes: acknowledged once their owner has them
-            await forward(session, got.forwards)
+            with session.urgent():  # this task drains the queue: its publishes read on
+                await forward(session, got.forwards)
         for message in batch:
             session.ack(message)
-        for event in done:
-            await session.publish(fleet_event_topic(event.cluster), encode_json(event))
-        if self.alerts is not None:
-            await self.alerts.publish(session)
+        # Fleet events and retained alert state go out from housekeeping, not here: the
+        # consumer must not wait on thousands of PUBACKs when a site-wide event changes
+        # as many alerts (notifications do not wait: the dispatcher has them already).
+        self._events_out += done
 
     async def _make_durable(
         self,
@@ -369,11 +371,21 @@ class Aggregator:
                 last_summary = now
             await self.rollups.tick(self.fleet, self._session)
             session = self._session
-            if self.alerts is not None and session is not None:
-                # What the 1 s tick changed (a node gone silent) when no message comes.
+            if session is not None:
+                # Fleet events and alert changes of the commits (and of the 1 s tick: a
+                # node gone silent), every half second.
                 with contextlib.suppress(MqttUnavailable):
-                    await self.alerts.publish(session)
+                    await self._publish_events(session)
+                    if self.alerts is not None:
+                        await self.alerts.publish(session)
             self.watchdog.leave(work)
+
+    async def _publish_events(self, session: MqttSession) -> None:
+        """The fleet events of the commits since the last call; unsent ones are kept."""
+        while self._events_out:
+            event = self._events_out[0]
+            await session.publish(fleet_event_topic(event.cluster), encode_json(event))
+            self._events_out.pop(0)
 
     def status_line(self) -> str:
         """What systemd shows as the aggregator's STATUS=."""

