@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from fleet_run import start, start_aggregator
+from fleet_run import start, start_aggregator, stop_all
 from top_cpu import BENCH, machine, read_json, start_broker
 
 from exporters.mqtt import MqttSession, MqttSettings
@@ -134,12 +133,7 @@ def main() -> None:
             published = int(read_json(workdir / "gen.json").get("reports", 0))
         finally:
             halt.set()
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-            for child in children:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.wait(timeout=30)
+            stop_all(children)
             broker.stop()
     base, store = percentiles(received), percentiles(stored)
     print(f"published {published}; received by the baseline {len(received)}; "

@@ -78,8 +78,12 @@ def env() -> dict[str, str]:
 # -- the broker and its counters --------------------------------------------------------------
 
 
-def start_broker(workdir: Path) -> Any:
-    """A Mosquitto of the integration tests' kind, without persistence, $SYS every second."""
+def start_broker(workdir: Path, max_queued: int = 100000) -> Any:
+    """A Mosquitto of the integration tests' kind, without persistence, $SYS every second.
+
+    ``max_queued``: messages queued per client before Mosquitto drops; 100,000 for a
+    viewer; examples/mosquitto sizes it 4,000,000 for the aggregator's backlog.
+    """
     sys.path.insert(0, str(ROOT))
     from tests.integration.mosquitto import Mosquitto, free_port
 
@@ -89,7 +93,7 @@ def start_broker(workdir: Path) -> Any:
         "sys_interval 1", f"log_dest file {workdir / 'mosquitto.log'}", "log_type error",
         "log_type warning", "log_type notice", "connection_messages true",
         # As in examples/mosquitto: a slow viewer is queued for, not silently dropped.
-        "max_queued_messages 100000", "max_queued_bytes 0", "max_inflight_messages 2000",
+        f"max_queued_messages {max_queued}", "max_queued_bytes 0", "max_inflight_messages 2000",
         *(["user root"] if os.geteuid() == 0 else []),
     ]) + "\n")  # fmt: skip
     return broker.start()

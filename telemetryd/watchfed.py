@@ -15,20 +15,20 @@ bridge sends more than it should: it is counted as a problem and never used.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from exporters.mqtt import MqttSession, MqttSettings, MqttUnavailable
-from telemetryd.backoff import Backoff
+from exporters.mqtt import MqttSettings
 from telemetryd.codec import DecodeError
 from telemetryd.names import name_problem
 from telemetryd.rollupmodel import Rollup, decode_rollup
 from telemetryd.topics import ROOT, parse_rollup_topic
 from telemetryd.watch import Watch
+from telemetryd.watchfeed import Fed as _Fed
+from telemetryd.watchfeed import follow_filters
 
 DEFAULT_PREFIX = "sites"
 BRIDGE_STATE = "_bridge/state"  # the site bridge's notification topic (examples/federation)
@@ -149,16 +149,10 @@ class FederationWatch:
         self.last_problem = line
 
 
-class Fed(Protocol):
+class Fed(_Fed, Protocol):
     """What :func:`follow` feeds: a FederationWatch, or top's NationalWatch (fedtop.py)."""
 
     prefix: str
-    connected: bool
-    connection: str
-    version: int
-
-    def ingest(self, topic: str, payload: bytes) -> None:
-        """Take one message."""
 
 
 async def follow(
@@ -172,35 +166,5 @@ async def follow(
 
     QoS 0 and a clean session, like a site viewer: the present, never a backlog.
     """
-    backoff = Backoff(cap=settings.reconnect_max)
-    while not stop.is_set():
-        try:
-            async with MqttSession(settings) as session:
-                await session.subscribe(filters(watch.prefix), qos=0)
-                watch.connected, watch.connection = True, f"connected to {settings.broker}"
-                backoff.reset()
-                watch.version += 1
-                reader = asyncio.create_task(_read(session, watch, on_message), name="fed-read")
-                stopper = asyncio.create_task(stop.wait(), name="fed-stop")
-                try:
-                    done, _ = await asyncio.wait(
-                        {reader, stopper}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    for task in (reader, stopper):
-                        task.cancel()
-                if reader in done and not reader.cancelled():
-                    reader.result()
-        except MqttUnavailable as exc:
-            watch.connected, watch.connection = False, f"disconnected: {exc}"
-            watch.version += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=backoff.next())
-    watch.connected = False
-
-
-async def _read(session: MqttSession, watch: Fed, on_message: Callable[[], None] | None) -> None:
-    async for message in session.messages():
-        watch.ingest(message.topic, message.payload)
-        if on_message is not None:
-            on_message()
+    await follow_filters(settings, watch, filters(watch.prefix), stop=stop,
+                         on_message=on_message)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Protocol
 
 from exporters.mqtt import MqttSession, MqttSettings, MqttUnavailable
 from telemetryd.backoff import Backoff
@@ -12,10 +13,34 @@ from telemetryd.topics import watch_filter
 from telemetryd.watch import Watch
 
 
+class Fed(Protocol):
+    """What :func:`follow_filters` feeds: a Watch, or the national viewers' watches."""
+
+    connected: bool
+    connection: str
+    version: int
+
+    def ingest(self, topic: str, payload: bytes) -> None:
+        """Take one message."""
+
+
 async def follow(
     settings: MqttSettings,
     watch: Watch,
     cluster: str,
+    *,
+    stop: asyncio.Event,
+    on_message: Callable[[], None] | None = None,
+) -> None:
+    """Keep ``watch`` fed with ``cluster`` until ``stop`` (see :func:`follow_filters`)."""
+    await follow_filters(settings, watch, [watch_filter(cluster)], stop=stop,
+                         on_message=on_message)  # fmt: skip
+
+
+async def follow_filters(
+    settings: MqttSettings,
+    watch: Fed,
+    filters: list[str],
     *,
     stop: asyncio.Event,
     on_message: Callable[[], None] | None = None,
@@ -29,7 +54,7 @@ async def follow(
     while not stop.is_set():
         try:
             async with MqttSession(settings) as session:
-                await session.subscribe([watch_filter(cluster)], qos=0)
+                await session.subscribe(filters, qos=0)
                 watch.connected, watch.connection = True, f"connected to {settings.broker}"
                 backoff.reset()
                 watch.version += 1
@@ -52,7 +77,7 @@ async def follow(
     watch.connected = False
 
 
-async def _read(session: MqttSession, watch: Watch, on_message: Callable[[], None] | None) -> None:
+async def _read(session: MqttSession, watch: Fed, on_message: Callable[[], None] | None) -> None:
     async for message in session.messages():
         watch.ingest(message.topic, message.payload)
         if on_message is not None:

@@ -126,9 +126,9 @@ def spool_files(tmp: Path, node: str) -> list[Path]:
     return sorted(spool.glob("*.json")) if spool.exists() else []
 
 
-def stored(tmp: Path) -> set[Key]:
-    """(node, boot, seq) of every report in the aggregator's SQLite store."""
-    db = tmp / "aggregator" / "telemetry.db"
+def stored(tmp: Path, name: str = "aggregator") -> set[Key]:
+    """(node, boot, seq) of every report in the SQLite store of aggregator ``name``."""
+    db = tmp / name / "telemetry.db"
     if not db.exists():
         return set()
     reader = SqliteReader(str(db))

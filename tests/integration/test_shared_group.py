@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from exporters.sqlite_reader import SqliteReader
 from telemetryd.shard import owner
 from telemetryd.watch import Watch
 from tests.integration.mosquitto import Mosquitto, SyncClient
 from tests.integration.pipeline import Service, _env, retained, wait_until
+from tests.integration.pipeline import stored as pipeline_stored
 from tests.integration.receiver import Receiver
 from tests.reports import sampled
 
@@ -92,14 +92,7 @@ def member(tmp: Path, mosquitto: Mosquitto, receiver: Receiver, index: int) -> S
 
 
 def stored(tmp: Path, index: int) -> set[tuple[str, str, int]]:
-    db = tmp / f"agg{index}" / "telemetry.db"
-    if not db.exists():
-        return set()
-    reader = SqliteReader(str(db))
-    try:
-        return set(reader.report_keys())
-    finally:
-        reader.close()
+    return pipeline_stored(tmp, f"agg{index}")
 
 
 def pages(r: Receiver) -> list[tuple[str, str]]:
