@@ -260,8 +260,10 @@ class HeatLines(Sequence[list[Part]]):
                 line.append(
                     (name + " ", fmt.STATE_STYLES[row.state] if row.state != "online" else "")
                 )
-            node = watch.nodes[(row.cluster, row.node)]
-            parts = node_cells(watch, node, row.state, self.metric)
+            node = watch.nodes.get((row.cluster, row.node))
+            # Lines are built when read: a node cleared since the rows were made (its
+            # retained status emptied) keeps its place, blank, until the next frame.
+            parts = [] if node is None else node_cells(watch, node, row.state, self.metric)
             line.extend(parts)
             line.append((" " * (gpu_w - len(parts)), ""))
         return merge(line)

@@ -208,6 +208,18 @@ def test_heatmap_layout_labels_and_states() -> None:
     assert topview.merge([("a", "x"), ("b", "x"), ("", "y"), ("c", "")]) == [("ab", "x"), ("c", "")]
 
 
+def test_a_node_cleared_after_the_rows_were_made_leaves_a_blank_not_a_crash() -> None:
+    # Lines are built when first read; 10,000 nodes' statuses cleared at once (the
+    # generator exiting) once crashed top here with a KeyError (bench/fleet_run.py).
+    watch, clock = fleet()
+    rs = topview.sort_rows(topview.build_rows(watch, clock()), "node")
+    lines = topview.heatmap(watch, rs, "util", width=80)
+    del watch.nodes[(rs[1].cluster, rs[1].node)]
+    plain = ["".join(t for t, _ in line) for line in lines]
+    assert f"{rs[1].node} " in "\n".join(plain)  # its place is kept, its GPUs blank
+    assert all(len(p) <= 80 for p in plain)
+
+
 def test_sparkline_scale_and_gaps() -> None:
     assert topfmt.sparkline([0, 50, 100], 0, 100, width=3) == "▁▅█"
     assert topfmt.sparkline([math.nan, 200.0], 0, 100, width=4) == "   █"
