@@ -90,11 +90,15 @@ class Proc:
         }
 
 
-def start_aggregator(url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def start_aggregator(
+    url: str, workdir: Path, wal_max_bytes: int = 0
+) -> tuple[subprocess.Popen[bytes], Path]:
     state = workdir / "aggregator"
     logpath = workdir / "aggregator.log"
     run_env = env()
     run_env["TELEMETRYD_AGGREGATOR_CLIENT_ID"] = "bench-fleet-aggregator"
+    if wal_max_bytes:
+        run_env["TELEMETRYD_AGGREGATOR_WAL_MAX_BYTES"] = str(wal_max_bytes)
     cmd = [sys.executable, "-m", "telemetryd", "--log-level", "info", "aggregator",
            "--broker", url, "--state-dir", str(state)]  # fmt: skip
     proc = subprocess.Popen(cmd, env=run_env, cwd=ROOT, stdout=logpath.open("wb"),
@@ -165,6 +169,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--agent", action="store_true", help="also run one sim agent")
     parser.add_argument("--drain", type=float, default=300.0, help="most seconds to drain")
     parser.add_argument("--json", default="", help="write samples and summary here")
+    parser.add_argument("--wal-max-bytes", type=int, default=0,
+                        help="the aggregator's WAL bound (0: its default, 1 GiB)")  # fmt: skip
     return parser.parse_args()
 
 
@@ -182,7 +188,7 @@ def main() -> None:
         tmux: Tmux | None = None
         children: list[subprocess.Popen[bytes]] = []
         try:
-            aggregator, db = start_aggregator(url, workdir)
+            aggregator, db = start_aggregator(url, workdir, args.wal_max_bytes)
             children.append(aggregator)
             procs = [Proc("aggregator", aggregator.pid), Proc("mosquitto", broker.pid or 0)]
             count = start([sys.executable, str(BENCH / "mqtt_count.py"), "--broker", url,
@@ -239,6 +245,7 @@ def main() -> None:
                 time.sleep(1)
             drain_s = time.monotonic() - drained_at
             dropped = broker_dropped(broker.port)
+            full = (workdir / "aggregator.log").read_text().count("WAL full")
             aggregator.send_signal(signal.SIGTERM)
             aggregator.wait(timeout=60)
             got = stored(db, "node-")
@@ -247,7 +254,7 @@ def main() -> None:
             summary: dict[str, Any] = {
                 "published": published, "stored_distinct": have, "lost": published - have,
                 "nodes_seen": len(got), "drain_after_stop_s": round(drain_s, 1),
-                "broker_dropped": dropped,
+                "broker_dropped": dropped, "wal_full_episodes": full,
                 "generator_behind_max_s": gen_stats.get("behind_max_s"),
                 "baseline_counted": baseline.get("messages"),
                 "processes": {p.name: p.summary(args.warmup) for p in procs},
@@ -267,7 +274,8 @@ def report(summary: dict[str, Any], rate: float) -> None:
     print(f"\npublished {summary['published']}, stored {summary['stored_distinct']} distinct "
           f"(node, seq), lost {summary['lost']}; backlog stored {summary['drain_after_stop_s']} s "
           f"after the generator stopped; generator at most {summary['generator_behind_max_s']} s "
-          f"behind its schedule; the broker dropped {summary['broker_dropped']}")  # fmt: skip
+          f"behind its schedule; the broker dropped {summary['broker_dropped']}; the WAL was "
+          f"full {summary['wal_full_episodes']} time(s)")  # fmt: skip
     procs = summary["processes"]
     base = procs.get("baseline subscriber", {}).get("cpu_pct")
     print(f"{'process':<22} {'CPU %':>6} {'x base':>7} {'RSS start':>9} {'RSS end':>8} "

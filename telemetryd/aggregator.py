@@ -161,6 +161,12 @@ class Aggregator:
         ``fed`` (default: ``reports``) is what updates the live state; in a group of
         aggregators it differs from what is stored (intake.py).
         """
+        # Room first, outside the lock: housekeeping needs the lock to save the snapshot,
+        # and only after that may it release WAL segments. Waiting for room inside the
+        # lock stalled a full WAL for good, even with the sinks caught up (seen at 10,000
+        # nodes, bench/fleet_run.py).
+        if payloads and not await self._room(stop):
+            return None
         async with self._commit_lock:
             if payloads and not await self._append(payloads, reports, stop):
                 return None
@@ -184,10 +190,8 @@ class Aggregator:
                     self.alerts.on_status(status, now)
             return fleet_events
 
-    async def _append(
-        self, payloads: list[bytes], reports: list[Report], stop: asyncio.Event
-    ) -> bool:
-        backoff = Backoff(0.5, 10.0)
+    async def _room(self, stop: asyncio.Event) -> bool:
+        """Wait while the WAL is full (False: stopped meanwhile); nothing is acknowledged."""
         warned = False
         while self.wal.full():
             if not warned:
@@ -197,6 +201,14 @@ class Aggregator:
             self.watchdog.beat()  # waiting for the sinks is not being stuck
             if await stopped_within(stop, 0.5):
                 return False
+        if warned:
+            log.info("WAL has room again (%d bytes): acknowledging", self.wal.bytes)
+        return True
+
+    async def _append(
+        self, payloads: list[bytes], reports: list[Report], stop: asyncio.Event
+    ) -> bool:
+        backoff = Backoff(0.5, 10.0)
         while True:
             try:
                 first = await asyncio.to_thread(self.wal.append, payloads)
