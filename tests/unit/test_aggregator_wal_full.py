@@ -40,9 +40,7 @@ def test_a_full_wal_is_released_by_housekeeping_and_the_commit_goes_on(tmp_path:
         for i in range(2):
             assert await agg._make_durable([payloads[i]], [reports[i]], [], now, stop) is not None
         assert wal.full()
-        blocked = asyncio.create_task(
-            agg._make_durable([payloads[2]], [reports[2]], [], now, stop)
-        )
+        blocked = asyncio.create_task(agg._make_durable([payloads[2]], [reports[2]], [], now, stop))
         await asyncio.sleep(0.2)
         assert not blocked.done()  # full: nothing is acknowledged
         # Housekeeping's step: save the snapshot (takes the commit lock), then release.
