@@ -55,7 +55,10 @@ class Wal:
     def __init__(self, directory: Path, *, max_bytes: int, segment_bytes: int = 64 << 20) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes
+        # At least four segments fit in the bound: only whole segments other than the
+        # active one are released, so a segment as large as the bound (a 32 MiB WAL with
+        # 64 MiB segments) could never be freed, and a full WAL stalled for good.
+        self.segment_bytes = max(1, min(segment_bytes, max_bytes // 4))
         self._segments: list[_Segment] = []
         self._lock = threading.Lock()  # the segment table (readers and the writer)
         self._write_lock = threading.Lock()  # one append at a time, without blocking readers

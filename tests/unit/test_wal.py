@@ -599,3 +599,18 @@ def test_overlapping_appends_get_distinct_indices(
         assert sorted(p for _, p in read_all(wal)) == [b"one-one", b"one-two", b"two"]
     finally:
         wal.close()
+
+
+def test_a_wal_smaller_than_a_segment_can_still_be_emptied(tmp_path: Path) -> None:
+    # A 32 MiB WAL with the default 64 MiB segments was one segment, never released
+    # (only whole non-active segments are): once full it stayed full (bench/fleet_run.py).
+    wal = opened(tmp_path / "wal", max_bytes=4 * 28, segment_bytes=64 << 20)
+    try:
+        assert wal.segment_bytes <= wal.max_bytes // 4
+        for i in range(4):
+            wal.append([payload(i)])
+        assert wal.full()
+        wal.release(wal.next_index)  # every record written out by the sinks
+        assert not wal.full()
+    finally:
+        wal.close()
