@@ -368,16 +368,29 @@ class Aggregator:
             self._summary_error = ""
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
-        last_summary = 0.0
+        """Snapshot and WAL release, every half second; never waits on the broker.
+
+        Apart from the publishing loop: a publish can wait seconds for its PUBACK while
+        the consumer, blocked on a full WAL, reads nothing - and only this loop frees
+        the WAL. A full WAL is snapshotted at once instead of at the next 5 s mark.
+        """
         last_snapshot = time.monotonic()
         while not await stopped_within(stop, 0.5):
             work = self.watchdog.enter()
             now = time.monotonic()
-            if now - last_snapshot >= 5.0:
+            if now - last_snapshot >= 5.0 or self.wal.full():
                 await self._save_snapshot()
                 last_snapshot = now
             upto = min([r.saved for r in self.runners] + [self.snapshot_index])
             await asyncio.to_thread(self.wal.release, upto)
+            self.watchdog.leave(work)
+
+    async def _publishing(self, stop: asyncio.Event) -> None:
+        """Fleet summaries, rollups, fleet events and alert state, every half second."""
+        last_summary = 0.0
+        while not await stopped_within(stop, 0.5):
+            work = self.watchdog.enter()
+            now = time.monotonic()
             if now - last_summary >= self.cfg.fleet_interval:
                 await self._publish_summaries()
                 last_summary = now
@@ -385,7 +398,7 @@ class Aggregator:
             session = self._session
             if session is not None:
                 # Fleet events and alert changes of the commits (and of the 1 s tick: a
-                # node gone silent), every half second.
+                # node gone silent).
                 with contextlib.suppress(MqttUnavailable):
                     await self._publish_events(session)
                     if self.alerts is not None:
@@ -434,6 +447,7 @@ class Aggregator:
                 self.runners.start(group, consumed)
                 group.create_task(self._consume_until(stop, consumed), name="aggregator.mqtt")
                 group.create_task(self._housekeeping(stop), name="aggregator.housekeeping")
+                group.create_task(self._publishing(stop), name="aggregator.publishing")
                 if self.alerts is not None:
                     group.create_task(self.alerts.run(stop, self.alert_inputs), name="alerts")
         finally:
